@@ -1,0 +1,102 @@
+// Package watchcache keeps many local consumers supplied with fresh, cached,
+// watchable views of data whose source of truth is a remote store that answers
+// blocking ("long-poll") queries or watches, such as etcd or Consul.
+//
+// It is a rebuild of the agent-side cache of HashiCorp Consul (agent/cache and
+// its Notify): kinds of data are registered once with a fetch function,
+// callers Get values (cached, single-flighted, optionally blocking on an
+// index) and Notify on changes, and the cache keeps watched entries fresh
+// with one background query per entry however many callers and watchers
+// share it.
+//
+// # Using it
+//
+// Create a Cache with New, register each kind of data with Register (which
+// returns a typed *Kind[V]), then call Kind.Get, Kind.Notify or
+// Kind.NotifyCallback. A Request names the entry (Key and Partition) and
+// carries the per-call options (MinIndex, Timeout, MaxAge, MustRevalidate).
+// Entries are partitioned by kind, partition and key: a value fetched under
+// one token is never returned to, single-flighted with, or notified to a
+// caller presenting another.
+//
+// # Design
+//
+// The rest of this comment is for readers of the code. It states who owns
+// every goroutine and lock and how cancellation flows; the code refers back
+// to it.
+//
+// Entry state. An entry's published state is an immutable snapshot (value,
+// index, opaque state, last error, times, version) behind an atomic pointer.
+// Readers load it without locks: a Get hit takes a shard read lock for the
+// map lookup and nothing else. Writers (the entry's loop, Prepopulate)
+// replace the snapshot as a whole under entry.mu, then wake waiters by
+// closing entry.changed and installing a new channel ("publish, then wake",
+// as go-memdb's watch channels and Consul's Waiter do).
+//
+// Entry loop. An entry has at most one goroutine, its loop, started by
+// whoever first gives it a reason to fetch (a Get that needs data, a
+// watcher, Prepopulate of a refresh kind) and owned by the entry, never by
+// that caller: fetches run under a context derived from the cache's, so a
+// cancelled caller cannot freeze an entry that others wait on. The loop
+// exits when it has no reason to run, which is decided in one place,
+// entry.nextFetchLocked:
+//
+//	idle ──(Get miss / stale / watcher / refresh kind)──▶ waiting
+//	waiting ──(due: now, after backoff, RefreshTimer or poll interval)──▶ fetching
+//	fetching ──(result published)──▶ waiting, or idle when nothing needs it
+//	any ──(evicted or cache closed)──▶ gone (state closed if it is an io.Closer)
+//
+// Reasons to run: an explicit demand (a Get waiting for attempt n, recorded
+// in entry.want), a refresh kind (until evicted, or until a fatal error),
+// watchers, or Gets blocked on an index of a non-refresh blocking kind. When
+// the last watcher or blocked Get of a non-refresh kind leaves, an in-flight
+// blocking fetch is cancelled, so an unwatched key does not hold an upstream
+// query open.
+//
+// Index rules live in index.go (stepIndex): a zero index is published as 1
+// and counts as a failure for backoff, an index lower than the last one is a
+// reset (a snapshot restore or a store rebuilt from scratch) that is
+// delivered at once, and within one watcher indexes only grow except across
+// such a reset.
+//
+// Watchers are data, not goroutines. A watcher is a small struct in its
+// entry's watcher list with the snapshot version it last received. After
+// each publish the loop walks the list with non-blocking sends. A channel
+// whose send would block is "parked" with the cache's deliverer, a single
+// goroutine that exists only while some watcher is parked and waits on all
+// parked channels at once (reflect.Select); when it sends it reads the
+// entry's latest snapshot, so a slow consumer holds no queue, only a flag,
+// and gets the latest value when it drains. Callbacks run on a small bounded
+// worker pool, one call at a time per watcher, with panics recovered.
+//
+// Eviction. A Get hit records its time with an atomic store on the entry
+// (only when the stored time is more than a second old, so concurrent hits
+// do not contend on the cache line). The expiry loop keeps a heap of
+// unwatched entries by deadline; when one falls due it re-reads the atomic
+// and re-queues entries touched since. Watched entries and entries with
+// waiting Gets are not evictable and are queued again when that ends. An
+// optional MaxEntries bound evicts the least recently used unwatched entry
+// among a sample, like Redis' approximated LRU, so a flood of one-off
+// partitions (token rotation) keeps memory flat without a lock on every hit.
+//
+// Locks, in the order they may be taken:
+//
+//	Cache.lifeMu  (read side only nested: entry.mu → lifeMu to start a goroutine)
+//	shard.mu      never held while taking entry.mu
+//	entry.mu      protects the entry's fields, its watchers and their delivery flags
+//	deliverer.mu, callbackPool.mu, expiry.mu   leaves: nothing is taken under them
+//
+// Goroutines, each joined to Cache.wg: entry loops; the expiry loop; the
+// deliverer while any channel watcher is parked; callback workers while
+// callbacks are queued. The only goroutines the cache does not own are the
+// short ones context.AfterFunc starts to remove a watcher whose context was
+// cancelled.
+//
+// Cancellation. A caller's context bounds only that caller's wait. Watchers
+// end when their context is cancelled (context.AfterFunc removes them) or the
+// cache closes. Close is a broadcast and a wait: it marks the cache closed,
+// cancels the context every fetch runs under, wakes every waiting Get
+// (Cache.done), gives every watcher a final event carrying ErrClosed, and
+// waits for Cache.wg. Fetch functions and callbacks must return once their
+// context is cancelled; Close waits for them.
+package watchcache

@@ -1,0 +1,111 @@
+package watchcache
+
+import (
+	"container/heap"
+	"sync"
+	"time"
+)
+
+// expiring is an entry, of any kind, as the expiry loop sees it.
+type expiring interface {
+	// expire evicts the entry if it is idle and its deadline passed, or
+	// returns when to look again (requeue true).
+	expire(now time.Time) (next time.Time, requeue bool)
+}
+
+// expiry evicts entries unused for their kind's LastGetTTL.
+//
+// Hits never touch it: an entry is queued once with the deadline it had
+// then, and when that deadline comes the entry re-reads its atomic last-use
+// time and is queued again if it was used since. Entries with watchers or
+// waiting Gets are dropped from the queue and queued again when they become
+// idle (entry.updateBusyLocked).
+type expiry struct {
+	c *Cache
+
+	mu sync.Mutex // protects h; a leaf lock
+	h  expHeap
+
+	// kick (capacity 1, never closed) tells the loop the earliest
+	// deadline moved earlier. Senders never block on it.
+	kick chan struct{}
+}
+
+func (x *expiry) init(c *Cache) {
+	x.c = c
+	x.kick = make(chan struct{}, 1)
+}
+
+// schedule queues e to be looked at at. It may be called with e locked.
+func (x *expiry) schedule(e expiring, at time.Time) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	heap.Push(&x.h, expItem{at: at, e: e})
+	if x.h[0].e == e {
+		select {
+		case x.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// run is the expiry goroutine; it ends when the cache closes.
+func (x *expiry) run() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var due []expiring
+	for {
+		now := time.Now()
+		x.mu.Lock()
+		due = due[:0]
+		for len(x.h) > 0 && !x.h[0].at.After(now) {
+			due = append(due, heap.Pop(&x.h).(expItem).e)
+		}
+		wait := time.Duration(-1)
+		if len(x.h) > 0 {
+			wait = x.h[0].at.Sub(now)
+		}
+		x.mu.Unlock()
+
+		for i, e := range due {
+			if next, again := e.expire(now); again {
+				x.schedule(e, next)
+			}
+			due[i] = nil
+		}
+		if len(due) > 0 {
+			continue // deadlines moved: look again before sleeping
+		}
+		if wait >= 0 {
+			timer.Reset(wait)
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-timer.C:
+		case <-x.kick:
+		case <-x.c.done:
+			return
+		}
+	}
+}
+
+type expItem struct {
+	at time.Time
+	e  expiring
+}
+
+// expHeap is a min-heap of deadlines for container/heap.
+type expHeap []expItem
+
+func (h expHeap) Len() int           { return len(h) }
+func (h expHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h expHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expHeap) Push(x any)        { *h = append(*h, x.(expItem)) }
+func (h *expHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = expItem{}
+	*h = old[:len(old)-1]
+	return it
+}

@@ -1,0 +1,241 @@
+package watchcache
+
+import (
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"time"
+)
+
+// Defaults for KindOptions, as in Consul's agent/cache.
+const (
+	// DefaultQueryTimeout bounds each background blocking fetch.
+	DefaultQueryTimeout = 10 * time.Minute
+	// DefaultLastGetTTL is how long an unwatched entry lives after its
+	// last Get.
+	DefaultLastGetTTL = 72 * time.Hour
+)
+
+// KindOptions describe how a kind's entries are fetched and kept. The zero
+// value is a kind that fetches on demand, without blocking, and keeps
+// entries for DefaultLastGetTTL.
+type KindOptions struct {
+	// Refresh keeps every entry of the kind fresh in the background, from
+	// its first fetch until it is evicted: with blocking fetches for
+	// blocking kinds, every RefreshTimer otherwise.
+	Refresh bool
+
+	// SupportsBlocking says the fetch function honours MinIndex and
+	// Timeout by waiting for a change. Watchers of such kinds follow the
+	// index; watchers of other ("polling") kinds must give a MaxAge and
+	// are notified only when the value changes.
+	SupportsBlocking bool
+
+	// RefreshTimer is the pause between background fetches of a refresh
+	// kind. It is required for refresh kinds without SupportsBlocking.
+	RefreshTimer time.Duration
+
+	// QueryTimeout bounds each background fetch; 0 means
+	// DefaultQueryTimeout.
+	QueryTimeout time.Duration
+
+	// LastGetTTL is how long an entry that nobody watches lives after its
+	// last Get; 0 means DefaultLastGetTTL.
+	LastGetTTL time.Duration
+}
+
+func (o KindOptions) withDefaults() (KindOptions, error) {
+	switch {
+	case o.RefreshTimer < 0:
+		return o, invalidf("negative RefreshTimer %v", o.RefreshTimer)
+	case o.QueryTimeout < 0:
+		return o, invalidf("negative QueryTimeout %v", o.QueryTimeout)
+	case o.LastGetTTL < 0:
+		return o, invalidf("negative LastGetTTL %v", o.LastGetTTL)
+	case o.Refresh && !o.SupportsBlocking && o.RefreshTimer == 0:
+		return o, invalidf("a refresh kind without SupportsBlocking needs a RefreshTimer, or it would fetch in a busy loop")
+	}
+	if o.QueryTimeout == 0 {
+		o.QueryTimeout = DefaultQueryTimeout
+	}
+	if o.LastGetTTL == 0 {
+		o.LastGetTTL = DefaultLastGetTTL
+	}
+	return o, nil
+}
+
+// numShards splits each kind's entry map so that creating entries does not
+// stall hits on unrelated keys.
+const numShards = 16
+
+// Kind is a registered kind of data whose values have type V. Get it from
+// Register or KindOf; the zero value is not usable. Its methods are safe for
+// concurrent use.
+type Kind[V any] struct {
+	c       *Cache
+	name    string
+	fetcher Fetcher[V]
+	opts    KindOptions
+	m       *kindMetrics
+	seed    maphash.Seed
+	shards  [numShards]shard[V]
+}
+
+type shard[V any] struct {
+	mu sync.RWMutex // protects m
+	m  map[entryKey]*entry[V]
+}
+
+// Register adds a kind named name to c, fetched by f. Names are unique per
+// cache; registering one twice is an error wrapping ErrDuplicateKind.
+func Register[V any](c *Cache, name string, f Fetcher[V], opts KindOptions) (*Kind[V], error) {
+	if name == "" {
+		return nil, invalidf("empty kind name")
+	}
+	if f == nil {
+		return nil, invalidf("nil Fetcher for kind %q", name)
+	}
+	if ff, ok := f.(FetchFunc[V]); ok && ff == nil {
+		return nil, invalidf("nil FetchFunc for kind %q", name)
+	}
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("kind %q: %w", name, err)
+	}
+	k := &Kind[V]{c: c, name: name, fetcher: f, opts: opts, seed: maphash.MakeSeed()}
+	for i := range k.shards {
+		k.shards[i].m = make(map[entryKey]*entry[V])
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if _, dup := c.kinds[name]; dup {
+		return nil, fmt.Errorf("%w: %q", ErrDuplicateKind, name)
+	}
+	k.m = c.metrics.forKind(name)
+	c.kinds[name] = k
+	return k, nil
+}
+
+// KindOf returns the kind registered under name, which must have values of
+// type V.
+func KindOf[V any](c *Cache, name string) (*Kind[V], error) {
+	c.mu.Lock()
+	k, ok := c.kinds[name]
+	c.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownKind, name)
+	}
+	typed, ok := k.(*Kind[V])
+	if !ok {
+		var v V
+		return nil, fmt.Errorf("%w: %q does not hold %T", ErrKindType, name, v)
+	}
+	return typed, nil
+}
+
+// Name returns the name the kind was registered under.
+func (k *Kind[V]) Name() string { return k.name }
+
+func (k *Kind[V]) shardFor(key string) *shard[V] {
+	return &k.shards[maphash.String(k.seed, key)%numShards]
+}
+
+// lookup returns the entry for ek, or nil.
+func (k *Kind[V]) lookup(ek entryKey) *entry[V] {
+	s := k.shardFor(ek.key)
+	s.mu.RLock()
+	e := s.m[ek]
+	s.mu.RUnlock()
+	return e
+}
+
+// entryFor returns the entry for ek, creating it if needed. It fails only
+// when the cache is closed.
+func (k *Kind[V]) entryFor(ek entryKey) (*entry[V], error) {
+	if e := k.lookup(ek); e != nil {
+		return e, nil
+	}
+	s := k.shardFor(ek.key)
+	s.mu.Lock()
+	if e := s.m[ek]; e != nil {
+		s.mu.Unlock()
+		return e, nil
+	}
+	// Checked under the shard lock: Close sets the flag before it walks the
+	// shards, so an entry created here is either refused or seen by Close.
+	if k.c.isClosed() {
+		s.mu.Unlock()
+		return nil, ErrClosed
+	}
+	e := newEntry(k, ek)
+	s.m[ek] = e
+	s.mu.Unlock()
+
+	k.m.entries.Inc()
+	k.c.exp.schedule(e, e.deadline())
+	if n := k.c.count.Add(1); k.c.opts.MaxEntries > 0 && int(n) > k.c.opts.MaxEntries {
+		k.c.evictForCapacity(e)
+	}
+	return e, nil
+}
+
+// remove deletes e from its shard if it is still the entry for its key.
+func (k *Kind[V]) remove(e *entry[V]) bool {
+	s := k.shardFor(e.key.key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m[e.key] != e {
+		return false
+	}
+	delete(s.m, e.key)
+	return true
+}
+
+// forEach calls f on every entry. f runs without shard locks held.
+func (k *Kind[V]) forEach(f func(*entry[V])) {
+	var batch []*entry[V]
+	for i := range k.shards {
+		s := &k.shards[i]
+		s.mu.RLock()
+		batch = batch[:0]
+		for _, e := range s.m {
+			batch = append(batch, e)
+		}
+		s.mu.RUnlock()
+		for _, e := range batch {
+			f(e)
+		}
+	}
+}
+
+// kindHandle is what the Cache needs of a kind, whatever its value type.
+type kindHandle interface {
+	closeAll()
+	setRate(r rateSetting)
+	sample(start, max int, visit func(victim)) int
+}
+
+func (k *Kind[V]) closeAll() { k.forEach(func(e *entry[V]) { e.close() }) }
+
+func (k *Kind[V]) setRate(r rateSetting) { k.forEach(func(e *entry[V]) { r.apply(e.limiter) }) }
+
+// sample visits up to max entries, starting at shard start, and returns the
+// number visited. It is used to find eviction victims without an LRU list.
+func (k *Kind[V]) sample(start, max int, visit func(victim)) int {
+	n := 0
+	for i := 0; i < numShards && n < max; i++ {
+		s := &k.shards[(start+i)%numShards]
+		s.mu.RLock()
+		for _, e := range s.m { // map iteration order is random
+			visit(e)
+			if n++; n >= max {
+				break
+			}
+		}
+		s.mu.RUnlock()
+	}
+	return n
+}

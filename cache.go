@@ -53,8 +53,8 @@ type Cache struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	rate atomic.Pointer[rateSetting] // current per-entry fetch limit
-	count atomic.Int64               // entries in all kinds
+	rate  atomic.Pointer[rateSetting] // current per-entry fetch limit
+	count atomic.Int64                // entries in all kinds
 
 	exp      expiry
 	deliver  deliverer

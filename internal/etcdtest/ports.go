@@ -104,3 +104,42 @@ func freePort() (int, error) {
 	}
 	return 0, fmt.Errorf("etcdtest: cannot find a free port")
 }
+
+// openConns reports whether a TCP connection to or from one of ports may
+// still be held open by this process, according to the kernel's socket
+// tables. ok is false where those tables cannot be read (not Linux).
+func openConns(ports map[int]bool) (open, ok bool) {
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			return false, false
+		}
+		lines := strings.Split(string(b), "\n")
+		for _, line := range lines[1:] { // the first line is a header
+			// sl local_address rem_address st ...; addresses are hex
+			// "ADDR:PORT", st is the hex TCP state.
+			f := strings.Fields(line)
+			if len(f) < 4 {
+				continue
+			}
+			switch f[3] {
+			case "01", "02", "03", "08":
+				// ESTABLISHED, SYN_SENT, SYN_RECV, CLOSE_WAIT: states in
+				// which a socket is not closed yet, so a goroutine may
+				// still be reading or writing it. Sockets in the other
+				// states are listeners (ours are all closed) or were
+				// closed already and only linger in the kernel.
+			default:
+				continue
+			}
+			for _, addr := range f[1:3] {
+				i := strings.LastIndexByte(addr, ':')
+				p, err := strconv.ParseUint(addr[i+1:], 16, 16)
+				if err == nil && ports[int(p)] {
+					return true, true
+				}
+			}
+		}
+	}
+	return false, true
+}

@@ -144,7 +144,9 @@ func (e *entry[V]) kickLocked() {
 // and queues it for expiry when they stop doing so.
 func (e *entry[V]) updateBusyLocked() {
 	busy := len(e.watchers) > 0 || e.waiting > 0
-	e.busy.Store(busy)
+	if e.busy.Swap(busy) && !busy {
+		e.lastUsed.Store(time.Now().UnixNano()) // used until now: the TTL counts from here
+	}
 	if !busy && !e.queued && !e.evicted {
 		e.queued = true
 		e.k.c.exp.schedule(e, e.deadline())

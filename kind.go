@@ -155,6 +155,9 @@ func (k *Kind[V]) lookup(ek entryKey) *entry[V] {
 // entryFor returns the entry for ek, creating it if needed. It fails only
 // when the cache is closed.
 func (k *Kind[V]) entryFor(ek entryKey) (*entry[V], error) {
+	if k.c.isClosed() {
+		return nil, ErrClosed // entries of a closed cache are retired but stay in the map
+	}
 	if e := k.lookup(ek); e != nil {
 		return e, nil
 	}

@@ -1,0 +1,199 @@
+package watchcache_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/internal/fakeupstream"
+)
+
+// Entries unused for LastGetTTL are evicted; each Get extends the life.
+func TestExpiryTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := fakeupstream.New()
+		src.Set("a", "one")
+		k := register(t, newCache(t, watchcache.Options{}), "kv", src, watchcache.KindOptions{LastGetTTL: time.Hour})
+		get(t, k, req("a"))
+		time.Sleep(50 * time.Minute)
+		if _, meta := get(t, k, req("a")); !meta.Hit {
+			t.Fatal("evicted before its TTL")
+		}
+		time.Sleep(50 * time.Minute) // 100m after creation, 50m after the last Get
+		if _, meta := get(t, k, req("a")); !meta.Hit {
+			t.Fatal("a Get did not extend the entry's life")
+		}
+		time.Sleep(61 * time.Minute)
+		if _, meta := get(t, k, req("a")); meta.Hit {
+			t.Fatal("not evicted after its TTL")
+		}
+		if n := src.Calls("a"); n != 2 {
+			t.Fatalf("fetches = %d, want 2", n)
+		}
+	})
+}
+
+// Watched entries are never evicted; once unwatched they expire.
+func TestExpiryWatchedEntriesStay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := fakeupstream.New()
+		src.Set("a", "one")
+		reg := prometheus.NewRegistry()
+		c := newCache(t, watchcache.Options{Registerer: reg})
+		k := register(t, c, "kv", src, watchcache.KindOptions{SupportsBlocking: true, LastGetTTL: time.Hour})
+		ctx, cancel := context.WithCancel(t.Context())
+		ch := make(chan watchcache.UpdateEvent[string], 100)
+		k.Notify(ctx, req("a"), "w", ch)
+		recv(t, ch)
+		time.Sleep(10 * time.Hour)
+		src.Set("a", "two")
+		if ev := recv(t, ch); ev.Result != "two" {
+			t.Fatalf("watcher after 10h = %+v", ev)
+		}
+		cancel()
+		time.Sleep(59 * time.Minute)
+		synctest.Wait()
+		if n := gauge(t, reg, "watchcache_entries"); n != 1 {
+			t.Fatalf("entries 59m after the watcher left = %v, want 1", n)
+		}
+		time.Sleep(2 * time.Minute)
+		synctest.Wait()
+		if n := gauge(t, reg, "watchcache_entries"); n != 0 {
+			t.Fatalf("entries after TTL = %v, want 0", n)
+		}
+	})
+}
+
+// gauge reads a kind-labelled metric's value for kind "kv".
+func gauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		var sum float64
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
+			case m.Counter != nil:
+				sum += m.Counter.GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.Histogram.GetSampleCount())
+			}
+		}
+		return sum
+	}
+	return 0
+}
+
+// A fetch that returns after its entry was evicted does not bring the
+// entry back, and state that is an io.Closer is closed.
+func TestExpiryDuringInFlightFetch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var closed, calls atomic.Int64
+		release := make(chan struct{})
+		fetch := watchcache.FetchFunc[string](func(ctx context.Context, o watchcache.FetchOptions[string], _ watchcache.Request) (watchcache.FetchResult[string], error) {
+			n := calls.Add(1)
+			if n == 2 {
+				<-release // a fetch that ignores its context for a while
+				return watchcache.FetchResult[string]{Value: "late", Index: 50, State: closer(&closed)}, nil
+			}
+			return watchcache.FetchResult[string]{Value: fmt.Sprint("v", n), Index: uint64(n), State: closer(&closed)}, nil
+		})
+		reg := prometheus.NewRegistry()
+		c := newCache(t, watchcache.Options{Registerer: reg})
+		k, _ := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{Refresh: true, SupportsBlocking: true, LastGetTTL: time.Hour})
+		get(t, k, req("a")) // fetch 1; the background fetch 2 now hangs
+		time.Sleep(2 * time.Hour)
+		synctest.Wait()
+		if n := gauge(t, reg, "watchcache_entries"); n != 0 {
+			t.Fatalf("entries = %v, want the idle entry evicted", n)
+		}
+		if n := gauge(t, reg, "watchcache_evictions_total"); n != 1 {
+			t.Fatalf("evictions = %v, want 1", n)
+		}
+		close(release)
+		synctest.Wait()
+		if n := gauge(t, reg, "watchcache_entries"); n != 0 {
+			t.Fatalf("entries = %v after the late fetch returned: resurrected", n)
+		}
+		if n := closed.Load(); n != 2 {
+			t.Fatalf("closed states = %d, want 2 (the entry's and the late fetch's)", n)
+		}
+		v, meta := get(t, k, req("a"))
+		if v == "late" || meta.Hit {
+			t.Fatalf("Get after eviction = %q %+v, want a new fetch", v, meta)
+		}
+	})
+}
+
+type closeCounter struct{ n *atomic.Int64 }
+
+func (c closeCounter) Close() error { c.n.Add(1); return nil }
+
+func closer(n *atomic.Int64) any { return &closeCounter{n} }
+
+// A state replaced by a newer fetch's state is closed.
+func TestStateReplacedIsClosed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var closed, calls atomic.Int64
+		fetch := watchcache.FetchFunc[string](func(ctx context.Context, o watchcache.FetchOptions[string], _ watchcache.Request) (watchcache.FetchResult[string], error) {
+			n := calls.Add(1)
+			return watchcache.FetchResult[string]{Value: "v", Index: uint64(n), State: closer(&closed)}, nil
+		})
+		c := newCache(t, watchcache.Options{})
+		k, _ := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{})
+		get(t, k, req("a"))
+		get(t, k, watchcache.Request{Key: "a", MustRevalidate: true})
+		if n := closed.Load(); n != 1 {
+			t.Fatalf("closed = %d, want the first state closed", n)
+		}
+	})
+}
+
+// With MaxEntries, one-off partitions (token rotation) keep the cache
+// bounded, evicting least recently used unwatched entries.
+func TestExpiryMaxEntries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := fakeupstream.New()
+		src.Set("a", "one")
+		reg := prometheus.NewRegistry()
+		c := newCache(t, watchcache.Options{Registerer: reg, MaxEntries: 10})
+		k := register(t, c, "kv", src, blockingRefresh)
+		watched := watchcache.Request{Key: "a", Partition: watchcache.Partition{Token: "watched"}}
+		ch := make(chan watchcache.UpdateEvent[string], 10)
+		k.Notify(t.Context(), watched, "w", ch)
+		recv(t, ch)
+		hot := watchcache.Request{Key: "a", Partition: watchcache.Partition{Token: "hot"}}
+		for i := range 200 {
+			time.Sleep(2 * time.Second)
+			get(t, k, watchcache.Request{Key: "a", Partition: watchcache.Partition{Token: fmt.Sprint("rotated-", i)}})
+			get(t, k, hot)
+			synctest.Wait()
+			if n := gauge(t, reg, "watchcache_entries"); n > 10 {
+				t.Fatalf("entries = %v after %d tokens, want at most 10", n, i)
+			}
+		}
+		if _, meta := get(t, k, hot); !meta.Hit {
+			t.Fatal("the most recently used entry was evicted")
+		}
+		src.Set("a", "two")
+		if ev := recv(t, ch); ev.Result != "two" {
+			t.Fatalf("watched entry lost: %+v", ev)
+		}
+		if n := gauge(t, reg, "watchcache_evictions_total"); n < 180 {
+			t.Fatalf("capacity evictions = %v", n)
+		}
+	})
+}

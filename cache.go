@@ -56,9 +56,15 @@ type Cache struct {
 	rate  atomic.Pointer[rateSetting] // current per-entry fetch limit
 	count atomic.Int64                // entries in all kinds
 
+	// useClock counts entry creations. Hits stamp it on their entry, which
+	// orders entries by last use at the resolution capacity eviction needs
+	// (it runs on creations) without reading the clock.
+	useClock atomic.Uint64
+
 	exp      expiry
 	deliver  deliverer
 	callback callbackPool
+	watches  ctxWatches
 
 	// mu protects kinds, closed and noSpawn. Goroutines are started under
 	// its read side (see goTracked) so that none is added to wg once Close
@@ -131,9 +137,9 @@ func (c *Cache) SetEntryFetchRate(limit rate.Limit, burst int) error {
 	return nil
 }
 
-// Close stops all background work and ends every watch: each watcher gets
-// a final event whose Err is ErrClosed (a channel watcher only if its
-// channel has room). It returns once every goroutine the cache started has
+// Close stops all background work and ends every watch: each channel
+// watcher gets a final event whose Err is ErrClosed if its channel has
+// room; callbacks are not called again. It returns once every goroutine the cache started has
 // returned, which includes fetches and callbacks in progress: they must
 // honour their context. Calls after Close return ErrClosed.
 func (c *Cache) Close() error {
@@ -147,8 +153,7 @@ func (c *Cache) Close() error {
 
 	c.cancel()
 	close(c.done)
-	// Entries end their watches; callback workers may still start to
-	// deliver the final events.
+	c.watches.close()
 	for _, k := range c.kindList() {
 		k.closeAll()
 	}
@@ -198,9 +203,9 @@ func (c *Cache) goTracked(f func()) bool {
 
 // victim is what capacity eviction needs of an entry of any kind.
 type victim interface {
-	// lastUse returns the entry's last use in Unix nanoseconds and whether
+	// lastUse returns the entry's last use on Cache.useClock and whether
 	// it may be evicted now (no watchers, no waiting Gets).
-	lastUse() (int64, bool)
+	lastUse() (uint64, bool)
 	evict(reason string)
 }
 
@@ -217,7 +222,7 @@ func (c *Cache) evictForCapacity(keep victim) {
 	}
 	var (
 		best     victim
-		bestUsed int64
+		bestUsed uint64
 	)
 	visit := func(v victim) {
 		if v == keep {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"testing/synctest"
 
@@ -32,7 +31,7 @@ func TestCloseWithWatchersAndHungFetches(t *testing.T) {
 			src.Hang(fmt.Sprint(i))
 		}
 		chans := make([]chan watchcache.UpdateEvent[string], watchers)
-		var callbacks sync.WaitGroup
+		closed := make(chan struct{})
 		for i := range watchers {
 			key := fmt.Sprint(i % keys)
 			switch i % 3 {
@@ -40,10 +39,11 @@ func TestCloseWithWatchersAndHungFetches(t *testing.T) {
 				chans[i] = make(chan watchcache.UpdateEvent[string], 1)
 				err = k.Notify(context.Background(), req(key), "", chans[i])
 			case 1:
-				callbacks.Add(1)
 				err = k.NotifyCallback(context.Background(), req(key), "", func(ev watchcache.UpdateEvent[string]) {
-					if errors.Is(ev.Err, watchcache.ErrClosed) {
-						callbacks.Done()
+					select {
+					case <-closed:
+						t.Errorf("callback called after Close: %+v", ev)
+					default:
 					}
 				})
 			case 2:
@@ -69,12 +69,12 @@ func TestCloseWithWatchersAndHungFetches(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
+		close(closed)
 		for i := range keys {
 			if err := <-getErrs; !errors.Is(err, watchcache.ErrClosed) {
 				t.Fatalf("waiting Get %d = %v, want ErrClosed", i, err)
 			}
 		}
-		callbacks.Wait()
 		for i, ch := range chans {
 			if ch == nil {
 				continue

@@ -69,22 +69,25 @@
 // and gets the latest value when it drains. Callbacks run on a small bounded
 // worker pool, one call at a time per watcher, with panics recovered.
 //
-// Eviction. A Get hit records its time with an atomic store on the entry
-// (only when the stored time is more than a second old, so concurrent hits
-// do not contend on the cache line). The expiry loop keeps a heap of
-// unwatched entries by deadline; when one falls due it re-reads the atomic
-// and re-queues entries touched since. Watched entries and entries with
-// waiting Gets are not evictable and are queued again when that ends. An
-// optional MaxEntries bound evicts the least recently used unwatched entry
-// among a sample, like Redis' approximated LRU, so a flood of one-off
-// partitions (token rotation) keeps memory flat without a lock on every hit.
+// Eviction. A Get hit marks the entry used with an atomic flag, written
+// only by the first hit after each check, and reads no clock. The expiry
+// loop keeps a heap of idle entries by the time of their next check (every
+// LastGetTTL/16): a check clears the flag, records the entry as seen if it
+// was set, and evicts entries not seen for LastGetTTL. Watched entries and
+// entries with waiting Gets are not evictable and are queued again when
+// that ends. An optional MaxEntries bound evicts the least recently used
+// unwatched entry among a sample, like Redis' approximated LRU, so a flood
+// of one-off partitions (token rotation) keeps memory flat without a lock
+// on every hit.
 //
 // Locks, in the order they may be taken:
 //
-//	Cache.lifeMu  (read side only nested: entry.mu → lifeMu to start a goroutine)
-//	shard.mu      never held while taking entry.mu
-//	entry.mu      protects the entry's fields, its watchers and their delivery flags
-//	deliverer.mu, callbackPool.mu, expiry.mu   leaves: nothing is taken under them
+//	entry.mu      the entry's fields, its watchers and their delivery flags
+//	shard.mu      a kind's map; taken under entry.mu to remove an evicted
+//	              entry, never held while taking entry.mu
+//	deliverer.mu, callbackPool.mu, expiry.mu
+//	Cache.mu      kinds and the closed flags; its read side is taken last
+//	              (under any of the above) to start a goroutine
 //
 // Goroutines, each joined to Cache.wg: entry loops; the expiry loop; the
 // deliverer while any channel watcher is parked; callback workers while
@@ -96,7 +99,8 @@
 // end when their context is cancelled (context.AfterFunc removes them) or the
 // cache closes. Close is a broadcast and a wait: it marks the cache closed,
 // cancels the context every fetch runs under, wakes every waiting Get
-// (Cache.done), gives every watcher a final event carrying ErrClosed, and
-// waits for Cache.wg. Fetch functions and callbacks must return once their
+// (Cache.done), gives every channel watcher a final event carrying
+// ErrClosed (callbacks get none: a callback that talks to the goroutine
+// calling Close would deadlock it), and waits for Cache.wg. Fetch functions and callbacks must return once their
 // context is cancelled; Close waits for them.
 package watchcache

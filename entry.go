@@ -45,27 +45,31 @@ func (s *snapshot[V]) satisfies(min uint64) bool {
 // entry is one cached key of one kind and partition. See the package
 // documentation for its state machine.
 type entry[V any] struct {
-	k       *Kind[V]
-	key     entryKey
-	limiter *rate.Limiter // fetch rate limit; synchronised by itself
+	k   *Kind[V]
+	key entryKey
 
-	lastUsed atomic.Int64                // Unix nanoseconds of the last Get; hits store it without a lock
+	used     atomic.Bool                 // a Get read the entry since the expiry loop last looked; hits set it without a lock
+	lastSeen atomic.Int64                // Unix nanoseconds when the entry was last known used; written under mu
+	useTick  atomic.Uint64               // Cache.useClock at the last Get, for least-recently-used eviction
 	busy     atomic.Bool                 // has watchers or waiting Gets; written under mu, read by capacity eviction
 	snap     atomic.Pointer[snapshot[V]] // published state; replaced under mu, loaded without it
 
 	mu sync.Mutex // protects the fields below, and the delivery fields of its watchers
 
-	// changed is closed after each publish and on eviction, then replaced:
-	// waiting Gets select on it. kick (capacity 1, never closed) tells the
-	// loop that its reasons to fetch changed; senders never block on it.
+	// changed is made by the first Get that waits, closed by the next
+	// publish or the eviction, and then left nil until a Get waits again.
+	// kick (capacity 1, never closed) tells the loop that its reasons to
+	// fetch changed; senders never block on it.
 	changed chan struct{}
 	kick    chan struct{}
 
-	running     bool                    // the loop goroutine exists
-	loopCancel  context.CancelFunc      // cancels the loop's context; set while running
-	fetching    bool                    // a fetch is in flight
-	fetchBlocks bool                    // ... and it is a blocking one (MinIndex > 0)
-	fetchCancel context.CancelCauseFunc // cancels the fetch in flight
+	limiter *rate.Limiter // per-entry fetch limit; nil while the cache's limit is infinite
+
+	running     bool               // the loop goroutine exists
+	fetching    bool               // a fetch is in flight
+	fetchBlocks bool               // ... and it is a blocking one (MinIndex > 0)
+	fetchCancel context.CancelFunc // cancels the fetch in flight
+	fetchDrop   error              // why the entry cancelled it: its result is discarded
 
 	attempts  uint64    // fetch attempts started
 	completed uint64    // highest attempt published
@@ -87,49 +91,66 @@ type entry[V any] struct {
 }
 
 func newEntry[V any](k *Kind[V], ek entryKey) *entry[V] {
-	r := k.c.rate.Load()
 	e := &entry[V]{
-		k:       k,
-		key:     ek,
-		limiter: rate.NewLimiter(r.limit, r.burst),
-		changed: make(chan struct{}),
-		kick:    make(chan struct{}, 1),
-		queued:  true, // entryFor schedules it right after creation
+		k:      k,
+		key:    ek,
+		kick:   make(chan struct{}, 1),
+		queued: true, // entryFor schedules it right after creation
 	}
-	e.lastUsed.Store(time.Now().UnixNano())
+	e.lastSeen.Store(time.Now().UnixNano())
+	e.useTick.Store(k.c.useClock.Load())
 	return e
 }
 
-// touchGranularity is how stale the recorded last use may get. Storing on
-// every hit would make concurrent hits of one key fight over a cache line;
-// expiry measured in hours does not need nanoseconds.
-const touchGranularity = int64(time.Second)
-
-// touch records a use at now without a lock.
-func (e *entry[V]) touch(now time.Time) {
-	n := now.UnixNano()
-	if n-e.lastUsed.Load() > touchGranularity {
-		e.lastUsed.Store(n)
+// markUsed records a Get. Only the first Get after each expiry check, and
+// after each entry creation, writes: concurrent hits of one key then share
+// a read-only cache line, and no hit reads the clock (which costs as much
+// as the rest of a hit).
+func (e *entry[V]) markUsed() {
+	if !e.used.Load() {
+		e.used.Store(true)
+	}
+	if t := e.k.c.useClock.Load(); e.useTick.Load() != t {
+		e.useTick.Store(t)
 	}
 }
 
-// deadline is when the entry expires unless used again.
-func (e *entry[V]) deadline() time.Time {
-	return time.Unix(0, e.lastUsed.Load()).Add(e.k.opts.LastGetTTL)
+// expiryCheck is how often the expiry loop looks at an idle entry: the
+// resolution of LastGetTTL. An entry is evicted between LastGetTTL and
+// LastGetTTL + LastGetTTL/16 after its last use.
+func (e *entry[V]) expiryCheck() time.Duration {
+	return max(e.k.opts.LastGetTTL/16, time.Nanosecond)
 }
 
-// meta describes s as of now.
-func (e *entry[V]) meta(s *snapshot[V], now time.Time, hit bool) ResultMeta {
+// meta describes s as of now. Age is measured with the monotonic clock
+// only, which costs half of time.Now.
+func (e *entry[V]) meta(s *snapshot[V], hit bool) ResultMeta {
 	m := ResultMeta{Hit: hit, Index: s.index}
 	switch {
 	case e.k.opts.Refresh:
 		if !s.failingSince.IsZero() {
-			m.Age = now.Sub(s.failingSince)
+			m.Age = time.Since(s.failingSince)
 		}
 	case s.hasValue:
-		m.Age = now.Sub(s.fetchedAt)
+		m.Age = time.Since(s.fetchedAt)
 	}
 	return m
+}
+
+// wakeLocked wakes the Gets waiting on the entry.
+func (e *entry[V]) wakeLocked() {
+	if e.changed != nil {
+		close(e.changed)
+		e.changed = nil
+	}
+}
+
+// waitChanLocked returns the channel the next publish closes.
+func (e *entry[V]) waitChanLocked() <-chan struct{} {
+	if e.changed == nil {
+		e.changed = make(chan struct{})
+	}
+	return e.changed
 }
 
 // kickLocked wakes the loop to re-evaluate its reasons to fetch.
@@ -145,11 +166,11 @@ func (e *entry[V]) kickLocked() {
 func (e *entry[V]) updateBusyLocked() {
 	busy := len(e.watchers) > 0 || e.waiting > 0
 	if e.busy.Swap(busy) && !busy {
-		e.lastUsed.Store(time.Now().UnixNano()) // used until now: the TTL counts from here
+		e.lastSeen.Store(time.Now().UnixNano()) // used until now: the TTL counts from here
 	}
 	if !busy && !e.queued && !e.evicted {
 		e.queued = true
-		e.k.c.exp.schedule(e, e.deadline())
+		e.k.c.exp.schedule(e, time.Now().Add(e.expiryCheck()))
 	}
 }
 
@@ -164,19 +185,28 @@ func (e *entry[V]) neededLocked() bool {
 	return e.k.opts.Refresh || len(e.watchers) > 0 || e.blocked > 0
 }
 
-// errIdle and errPreempted are the causes of fetches the entry cancels
-// itself; their results are discarded, not published.
+// The reasons the entry cancels its own fetch; such a fetch's result is
+// discarded, not published.
 var (
 	errIdle      = errors.New("watchcache: fetch no longer needed")
 	errPreempted = errors.New("watchcache: blocking fetch preempted by a Get that needs a fresh value")
+	errEvicted   = errors.New("watchcache: entry evicted")
 )
+
+// cancelFetchLocked cancels the fetch in flight, if any, for reason.
+func (e *entry[V]) cancelFetchLocked(reason error) {
+	if e.fetchCancel != nil && e.fetchDrop == nil {
+		e.fetchDrop = reason
+		e.fetchCancel()
+	}
+}
 
 // dropIdleFetchLocked cancels a fetch in flight that nothing needs any more,
 // so that an unwatched key of a non-refresh kind does not hold an upstream
 // blocking query open until it times out.
 func (e *entry[V]) dropIdleFetchLocked() {
-	if e.fetchCancel != nil && !e.neededLocked() {
-		e.fetchCancel(errIdle)
+	if !e.neededLocked() {
+		e.cancelFetchLocked(errIdle)
 	}
 }
 
@@ -190,32 +220,26 @@ func (e *entry[V]) requestAttemptLocked() uint64 {
 	}
 	n := e.attempts + 1
 	e.want = max(e.want, n)
-	if e.fetching {
-		e.fetchCancel(errPreempted)
-	}
+	e.cancelFetchLocked(errPreempted)
 	e.ensureLoopLocked()
 	e.kickLocked()
 	return n
 }
 
 // ensureLoopLocked starts the entry's loop unless it runs or the entry is
-// gone. The loop's context derives from the cache's, never a caller's.
+// gone. The loop belongs to the entry: it fetches under the cache's
+// context, never a caller's.
 func (e *entry[V]) ensureLoopLocked() {
 	if e.running || e.evicted {
 		return
 	}
-	ctx, cancel := context.WithCancel(e.k.c.base)
-	if !e.k.c.goTracked(func() { e.loop(ctx) }) {
-		cancel()
-		return
-	}
-	e.running, e.loopCancel = true, cancel
+	e.running = e.k.c.goTracked(e.loop)
 }
 
 // nextFetchLocked decides when the loop fetches next, or that it should
 // exit (ok false). This is the only place that decides.
-func (e *entry[V]) nextFetchLocked(ctx context.Context, now time.Time) (at time.Time, ok bool) {
-	if e.evicted || ctx.Err() != nil || !e.neededLocked() {
+func (e *entry[V]) nextFetchLocked(now time.Time) (at time.Time, ok bool) {
+	if e.evicted || e.k.c.isClosed() || !e.neededLocked() {
 		return time.Time{}, false
 	}
 	if e.want > e.completed || e.snap.Load() == nil {
@@ -248,13 +272,15 @@ func (e *entry[V]) pollIntervalLocked() time.Duration {
 	return d
 }
 
-// loop is the entry's goroutine: it fetches while anything needs it.
-func (e *entry[V]) loop(ctx context.Context) {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+// loop is the entry's goroutine: it fetches while anything needs it. It
+// sleeps on its timer, its kick channel and the cache's done channel, so
+// eviction (which kicks it) and Close end it promptly.
+func (e *entry[V]) loop() {
+	var t loopTimer
+	defer t.stop()
 	for {
 		e.mu.Lock()
-		at, ok := e.nextFetchLocked(ctx, time.Now())
+		at, ok := e.nextFetchLocked(time.Now())
 		if !ok {
 			e.exitLocked()
 			return
@@ -262,26 +288,79 @@ func (e *entry[V]) loop(ctx context.Context) {
 		e.mu.Unlock()
 
 		if wait := time.Until(at); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-timer.C:
-			case <-e.kick:
-			case <-ctx.Done():
-			}
+			e.sleep(&t, wait)
 			continue // re-evaluate: a kick may change the plan
 		}
-		if err := e.limiter.Wait(ctx); err != nil {
-			continue // the context ended: the next evaluation exits
+		if !e.takeToken(&t) {
+			continue
 		}
-		e.fetch(ctx)
+		e.fetch()
+	}
+}
+
+// sleep waits for d, a kick or the cache closing.
+func (e *entry[V]) sleep(t *loopTimer, d time.Duration) (slept bool) {
+	select {
+	case <-t.after(d):
+		return true
+	case <-e.kick:
+	case <-e.k.c.done:
+	}
+	t.stop()
+	return false
+}
+
+// takeToken applies the per-entry fetch rate limit. It reports false when
+// the wait was interrupted and the loop should re-evaluate.
+func (e *entry[V]) takeToken(t *loopTimer) bool {
+	e.mu.Lock()
+	lim := e.limiterLocked()
+	e.mu.Unlock()
+	if lim == nil || lim.Allow() {
+		return true
+	}
+	r := lim.Reserve()
+	if e.sleep(t, r.Delay()) {
+		return true
+	}
+	r.Cancel() // interrupted: give the token back
+	return false
+}
+
+// limiterLocked returns the entry's rate limiter, made when the cache's
+// limit first becomes finite: most caches never limit, and a limiter per
+// entry is a cost worth saving then.
+func (e *entry[V]) limiterLocked() *rate.Limiter {
+	if e.limiter == nil {
+		if r := e.k.c.rate.Load(); r.limit != rate.Inf {
+			e.limiter = rate.NewLimiter(r.limit, r.burst)
+		}
+	}
+	return e.limiter
+}
+
+// loopTimer is the loop's timer, made the first time the loop sleeps:
+// entries of blocking kinds fetch back to back and never need one.
+type loopTimer struct{ t *time.Timer }
+
+func (t *loopTimer) after(d time.Duration) <-chan time.Time {
+	if t.t == nil {
+		t.t = time.NewTimer(d)
+	} else {
+		t.t.Reset(d)
+	}
+	return t.t.C
+}
+
+func (t *loopTimer) stop() {
+	if t.t != nil {
+		t.t.Stop()
 	}
 }
 
 // exitLocked ends the loop. It unlocks e.mu.
 func (e *entry[V]) exitLocked() {
 	e.running = false
-	e.loopCancel()
-	e.loopCancel = nil
 	var state any
 	if s := e.snap.Load(); e.evicted && s != nil {
 		state = s.state // the entry is gone and nothing fetches with it any more
@@ -298,8 +377,12 @@ func fetchGrace(timeout time.Duration) time.Duration {
 }
 
 // fetch runs one attempt and publishes its result.
-func (e *entry[V]) fetch(ctx context.Context) {
+func (e *entry[V]) fetch() {
 	e.mu.Lock()
+	if e.evicted {
+		e.mu.Unlock()
+		return
+	}
 	e.attempts++
 	n := e.attempts
 	opts := FetchOptions[V]{Timeout: e.k.opts.QueryTimeout}
@@ -311,22 +394,23 @@ func (e *entry[V]) fetch(ctx context.Context) {
 			opts.MinIndex = prev.index
 		}
 	}
-	cctx, cancel := context.WithCancelCause(ctx)
-	fctx, cancelTimeout := context.WithTimeout(cctx, fetchGrace(opts.Timeout))
-	e.fetching, e.fetchBlocks, e.fetchCancel = true, opts.MinIndex > 0, cancel
+	// One context per fetch, straight under the cache's: Close cancels it
+	// through the parent, the entry through fetchCancel (recording why in
+	// fetchDrop), and the deadline stops a fetch that ignores its Timeout.
+	ctx, cancel := context.WithDeadline(e.k.c.base, time.Now().Add(fetchGrace(opts.Timeout)))
+	e.fetching, e.fetchBlocks, e.fetchCancel, e.fetchDrop = true, opts.MinIndex > 0, cancel, nil
 	e.mu.Unlock()
 
 	start := time.Now()
-	res, err := callFetch(fctx, e.k.fetcher, opts, Request{Key: e.key.key, Partition: e.key.part})
+	res, err := callFetch(ctx, e.k.fetcher, opts, Request{Key: e.key.key, Partition: e.key.part})
 	end := time.Now()
-	timedOut := errors.Is(fctx.Err(), context.DeadlineExceeded)
-	cancelTimeout()
-	discard := ctx.Err() != nil || context.Cause(cctx) != nil // evicted, closed, idle or preempted
-	cancel(nil)
+	timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)
+	cancel()
 
 	e.mu.Lock()
-	e.fetching, e.fetchBlocks, e.fetchCancel = false, false, nil
-	if discard || e.evicted {
+	discard := e.fetchDrop != nil || e.evicted || e.k.c.isClosed()
+	e.fetching, e.fetchBlocks, e.fetchCancel, e.fetchDrop = false, false, nil, nil
+	if discard {
 		e.mu.Unlock()
 		e.discardState(res.State, opts.LastResult)
 		return
@@ -431,8 +515,7 @@ func (e *entry[V]) publishLocked(n uint64, start, end time.Time, res FetchResult
 		}
 	}
 	e.snap.Store(next)
-	close(e.changed)
-	e.changed = make(chan struct{})
+	e.wakeLocked()
 	e.fanoutLocked(next)
 }
 
@@ -446,8 +529,8 @@ func (e *entry[V]) logFailure(err error, prev *snapshot[V]) {
 }
 
 // lastUse implements victim.
-func (e *entry[V]) lastUse() (int64, bool) {
-	return e.lastUsed.Load(), !e.busy.Load()
+func (e *entry[V]) lastUse() (uint64, bool) {
+	return e.useTick.Load(), !e.busy.Load()
 }
 
 // evict removes the entry from its kind unless watchers or waiting Gets pin
@@ -472,10 +555,10 @@ func (e *entry[V]) evict(reason string) {
 // close it on its way out.
 func (e *entry[V]) retireLocked() any {
 	e.evicted = true
-	close(e.changed)
-	e.changed = make(chan struct{})
+	e.wakeLocked()
 	if e.running {
-		e.loopCancel()
+		e.cancelFetchLocked(errEvicted)
+		e.kickLocked()
 		return nil
 	}
 	if s := e.snap.Load(); s != nil {
@@ -484,8 +567,10 @@ func (e *entry[V]) retireLocked() any {
 	return nil
 }
 
-// expire implements expiring: it evicts the entry if its deadline passed,
-// or says when to look again.
+// expire implements expiring, for the expiry loop. It evicts the entry if
+// it was not used for its TTL, or says when to look again: every
+// expiryCheck, so that a use is noticed within that resolution without
+// hits ever taking a lock or reading the clock.
 func (e *entry[V]) expire(now time.Time) (time.Time, bool) {
 	e.mu.Lock()
 	if e.evicted || len(e.watchers) > 0 || e.waiting > 0 {
@@ -493,14 +578,24 @@ func (e *entry[V]) expire(now time.Time) (time.Time, bool) {
 		e.mu.Unlock()
 		return time.Time{}, false
 	}
-	if d := e.deadline(); d.After(now) {
+	if e.used.Swap(false) {
+		e.lastSeen.Store(now.UnixNano())
+	}
+	if d := time.Unix(0, e.lastSeen.Load()).Add(e.k.opts.LastGetTTL); d.After(now) {
 		e.mu.Unlock()
-		return d, true // used since it was queued
+		return minTime(d, now.Add(e.expiryCheck())), true
 	}
 	e.queued = false
 	e.mu.Unlock()
 	e.evict("ttl")
 	return time.Time{}, false
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // close ends the entry when the cache closes: every watcher gets its final

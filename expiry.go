@@ -15,11 +15,10 @@ type expiring interface {
 
 // expiry evicts entries unused for their kind's LastGetTTL.
 //
-// Hits never touch it: an entry is queued once with the deadline it had
-// then, and when that deadline comes the entry re-reads its atomic last-use
-// time and is queued again if it was used since. Entries with watchers or
-// waiting Gets are dropped from the queue and queued again when they become
-// idle (entry.updateBusyLocked).
+// Hits never touch it: an entry is queued with the time of its next check,
+// and each check reads and clears the flag hits set (entry.expire).
+// Entries with watchers or waiting Gets are dropped from the queue and
+// queued again when they become idle (entry.updateBusyLocked).
 type expiry struct {
 	c *Cache
 

@@ -36,20 +36,20 @@ func (k *Kind[V]) Get(ctx context.Context, req Request) (V, ResultMeta, error) {
 	blocking := req.MinIndex > 0 && k.opts.SupportsBlocking
 	ek := entryKey{req.Partition, req.Key}
 
-	// Fast path: a hit reads the entry's atomics and writes nothing shared.
-	now := time.Now()
+	// Fast path: a hit reads the entry's atomics and writes nothing shared
+	// (markUsed writes once per expiry check).
 	if e := k.lookup(ek); e != nil {
-		e.touch(now)
-		if s := e.snap.Load(); s != nil && k.fresh(s, req, blocking, now) {
+		e.markUsed()
+		if s := e.snap.Load(); s != nil && k.fresh(s, req, blocking) {
 			k.m.hits.Inc()
-			return s.value, e.meta(s, now, true), nil
+			return s.value, e.meta(s, true), nil
 		}
 	}
 	return k.getSlow(ctx, req, ek, blocking)
 }
 
 // fresh reports whether s answers req without a fetch.
-func (k *Kind[V]) fresh(s *snapshot[V], req Request, blocking bool, now time.Time) bool {
+func (k *Kind[V]) fresh(s *snapshot[V], req Request, blocking bool) bool {
 	switch {
 	case !s.hasValue:
 		return false
@@ -59,7 +59,7 @@ func (k *Kind[V]) fresh(s *snapshot[V], req Request, blocking bool, now time.Tim
 		return true // kept fresh in the background; Meta.Age tells otherwise
 	case req.MustRevalidate:
 		return false
-	case req.MaxAge > 0 && now.Sub(s.fetchedAt) > req.MaxAge:
+	case req.MaxAge > 0 && time.Since(s.fetchedAt) > req.MaxAge:
 		return false
 	}
 	return true
@@ -98,8 +98,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 			var zero V
 			return zero, ResultMeta{}, err
 		}
-		now := time.Now()
-		e.touch(now)
+		e.markUsed()
 		e.mu.Lock()
 		if e.evicted {
 			e.mu.Unlock()
@@ -113,7 +112,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 				w.startResets = s.resets
 			}
 		}
-		if a, ok := e.answerLocked(s, req, blocking, &w, now); ok {
+		if a, ok := e.answerLocked(s, req, blocking, &w); ok {
 			e.mu.Unlock()
 			if a.meta.Hit {
 				k.m.hits.Inc()
@@ -130,7 +129,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 			e.kickLocked()
 		}
 		e.updateBusyLocked()
-		changed := e.changed
+		changed := e.waitChanLocked()
 		e.mu.Unlock()
 
 		var stop error
@@ -166,7 +165,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 				var zero V
 				return zero, ResultMeta{}, ErrTimeout
 			}
-			return s.value, e.meta(s, time.Now(), false), nil
+			return s.value, e.meta(s, false), nil
 		}
 	}
 }
@@ -174,10 +173,10 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 // answerLocked applies the rules of Get to the entry's state s. It returns
 // ok false when the Get must wait, having made sure something will wake it:
 // an attempt it asked for, or the entry's loop.
-func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *getWait, now time.Time) (a answer[V], ok bool) {
+func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *getWait) (a answer[V], ok bool) {
 	k := e.k
 	reply := func(err error) (answer[V], bool) {
-		return answer[V]{value: s.value, meta: e.meta(s, now, w.first && err == nil), err: err}, true
+		return answer[V]{value: s.value, meta: e.meta(s, w.first && err == nil), err: err}, true
 	}
 	if blocking {
 		switch {
@@ -204,12 +203,12 @@ func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *g
 	}
 	if w.need == 0 {
 		switch {
-		case s != nil && k.fresh(s, req, false, now):
+		case s != nil && k.fresh(s, req, false):
 			return reply(nil)
-		case s != nil && !s.hasValue && s.err != nil && !e.fatal && e.running && !e.fetching && e.notBefore.After(now):
+		case s != nil && !s.hasValue && s.err != nil && !e.fatal && e.running && !e.fetching && time.Until(e.notBefore) > 0:
 			// The loop is backing off after failures: the error is current,
 			// and asking for an attempt now would defeat the backoff.
-			return answer[V]{meta: e.meta(s, now, false), err: s.err}, true
+			return answer[V]{meta: e.meta(s, false), err: s.err}, true
 		}
 		w.need = e.requestAttemptLocked()
 	}

@@ -173,12 +173,13 @@ func (k *Kind[V]) entryFor(ek entryKey) (*entry[V], error) {
 		s.mu.Unlock()
 		return nil, ErrClosed
 	}
+	k.c.useClock.Add(1)
 	e := newEntry(k, ek)
 	s.m[ek] = e
 	s.mu.Unlock()
 
 	k.m.entries.Inc()
-	k.c.exp.schedule(e, e.deadline())
+	k.c.exp.schedule(e, time.Now().Add(e.expiryCheck()))
 	if n := k.c.count.Add(1); k.c.opts.MaxEntries > 0 && int(n) > k.c.opts.MaxEntries {
 		k.c.evictForCapacity(e)
 	}
@@ -223,7 +224,15 @@ type kindHandle interface {
 
 func (k *Kind[V]) closeAll() { k.forEach(func(e *entry[V]) { e.close() }) }
 
-func (k *Kind[V]) setRate(r rateSetting) { k.forEach(func(e *entry[V]) { r.apply(e.limiter) }) }
+func (k *Kind[V]) setRate(r rateSetting) {
+	k.forEach(func(e *entry[V]) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.limiter != nil {
+			r.apply(e.limiter)
+		}
+	})
+}
 
 // sample visits up to max entries, starting at shard start, and returns the
 // number visited. It is used to find eviction victims without an LRU list.

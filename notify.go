@@ -32,7 +32,8 @@ func (k *Kind[V]) Notify(ctx context.Context, req Request, correlationID string,
 // run on the cache's small worker pool, one call at a time per watch; a
 // callback that falls behind gets the latest event when it returns. A
 // panic in cb is recovered and logged. cb must return promptly: a callback
-// that never returns holds a worker, and Close waits for it.
+// that never returns holds a worker, and Close waits for it. Close calls no
+// callback; it ends the watch silently.
 func (k *Kind[V]) NotifyCallback(ctx context.Context, req Request, correlationID string, cb func(UpdateEvent[V])) error {
 	if cb == nil {
 		return invalidf("NotifyCallback on kind %q: nil callback", k.name)
@@ -74,14 +75,13 @@ func (k *Kind[V]) watch(ctx context.Context, req Request, w *watcher[V]) error {
 				w.version = s.version // the caller has this one; start after it
 			}
 			if w.version < s.version {
-				w.offerLocked(s, e.eventLocked(s, time.Now()))
+				w.offerLocked(s, e.eventLocked(s))
 			}
 		}
 		e.ensureLoopLocked()
 		e.kickLocked()
-		// AfterFunc starts its own goroutine, never calls w.remove here.
-		w.stop = context.AfterFunc(ctx, w.remove)
 		e.mu.Unlock()
+		k.c.watches.add(ctx, w)
 		return nil
 	}
 }
@@ -97,12 +97,10 @@ type watcher[V any] struct {
 	maxAge time.Duration // polling interval, for polling kinds
 
 	// Guarded by e.mu.
-	stop    func() bool // stops the AfterFunc that removes the watcher
-	pos     int         // index in e.watchers
-	version uint64      // snapshot version last delivered or being delivered
-	parked  bool        // ch was full: the deliverer owns delivery until it drains
-	queued  bool        // queued or running on the callback pool
-	closing bool        // the cache closed: one final callback is due
+	pos     int    // index in e.watchers
+	version uint64 // snapshot version last delivered or being delivered
+	parked  bool   // ch was full: the deliverer owns delivery until it drains
+	queued  bool   // queued or running on the callback pool
 	removed bool
 }
 
@@ -137,8 +135,8 @@ func (e *entry[V]) detachLocked(w *watcher[V]) {
 	e.k.m.watchers.Dec()
 }
 
-// remove ends the watch; context.AfterFunc calls it when the watcher's
-// context is cancelled.
+// remove ends the watch; Cache.watches calls it when the watcher's context
+// is cancelled.
 func (w *watcher[V]) remove() {
 	e := w.e
 	e.mu.Lock()
@@ -153,31 +151,28 @@ func (w *watcher[V]) remove() {
 	}
 }
 
-// closeLocked ends the watch because the cache closes, with a final event.
+// closeLocked ends the watch because the cache closes. A channel watcher
+// gets a final ErrClosed event if its channel has room. A callback watcher
+// gets none: Close waits for the callbacks it starts, and a callback that
+// talks to the goroutine calling Close would deadlock it.
 func (w *watcher[V]) closeLocked() {
 	w.removed = true
-	w.stop()
-	if w.ch != nil {
-		ev := UpdateEvent[V]{CorrelationID: w.id, Err: ErrClosed}
-		if s := w.e.snap.Load(); s != nil {
-			ev.Result, ev.Meta = s.value, w.e.meta(s, time.Now(), false)
-		}
-		select {
-		case w.ch <- ev:
-		default: // the consumer is not reading; it has its context
-		}
+	if w.ch == nil {
 		return
 	}
-	w.closing = true
-	if !w.queued {
-		w.queued = true
-		w.e.k.c.callback.enqueue(w)
+	ev := UpdateEvent[V]{CorrelationID: w.id, Err: ErrClosed}
+	if s := w.e.snap.Load(); s != nil {
+		ev.Result, ev.Meta = s.value, w.e.meta(s, false)
+	}
+	select {
+	case w.ch <- ev:
+	default: // the consumer is not reading; it has its context
 	}
 }
 
 // eventLocked is the event that tells a watcher about s.
-func (e *entry[V]) eventLocked(s *snapshot[V], now time.Time) UpdateEvent[V] {
-	return UpdateEvent[V]{Result: s.value, Meta: e.meta(s, now, false), Err: s.err}
+func (e *entry[V]) eventLocked(s *snapshot[V]) UpdateEvent[V] {
+	return UpdateEvent[V]{Result: s.value, Meta: e.meta(s, false), Err: s.err}
 }
 
 // fanoutLocked offers s to every watcher that has not seen it. Sends never
@@ -187,7 +182,7 @@ func (e *entry[V]) fanoutLocked(s *snapshot[V]) {
 	if len(e.watchers) == 0 {
 		return
 	}
-	ev := e.eventLocked(s, time.Now())
+	ev := e.eventLocked(s)
 	for _, w := range e.watchers {
 		if w.version < s.version {
 			w.offerLocked(s, ev)
@@ -230,7 +225,7 @@ func (w *watcher[V]) sendCase() (c reflect.SelectCase, version uint64, ok bool) 
 	if w.removed || !w.parked || s == nil {
 		return c, 0, false
 	}
-	ev := e.eventLocked(s, time.Now())
+	ev := e.eventLocked(s)
 	ev.CorrelationID = w.id
 	return reflect.SelectCase{Dir: reflect.SelectSend, Chan: reflect.ValueOf(w.ch), Send: reflect.ValueOf(ev)}, s.version, true
 }
@@ -257,24 +252,14 @@ func (w *watcher[V]) sent(version uint64) bool {
 func (w *watcher[V]) runCallback() {
 	e := w.e
 	e.mu.Lock()
-	var ev UpdateEvent[V]
-	final := w.closing
-	switch {
-	case final:
-		w.closing = false
-		ev = UpdateEvent[V]{Err: ErrClosed}
-		if s := e.snap.Load(); s != nil {
-			ev.Result, ev.Meta = s.value, e.meta(s, time.Now(), false)
-		}
-	case w.removed:
+	if w.removed {
 		w.queued = false
 		e.mu.Unlock()
 		return
-	default:
-		s := e.snap.Load()
-		w.version = s.version
-		ev = e.eventLocked(s, time.Now())
 	}
+	s := e.snap.Load()
+	w.version = s.version
+	ev := e.eventLocked(s)
 	ev.CorrelationID = w.id
 	e.mu.Unlock()
 
@@ -282,7 +267,7 @@ func (w *watcher[V]) runCallback() {
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if w.closing || (!final && !w.removed && e.snap.Load().version > w.version) {
+	if !w.removed && e.snap.Load().version > w.version {
 		e.k.c.callback.enqueue(w) // still queued: run again with the latest
 		return
 	}

@@ -176,7 +176,8 @@ func TestRefreshFatalStops(t *testing.T) {
 	})
 }
 
-// Refresh kinds without blocking fetch every RefreshTimer.
+// Refresh kinds without blocking fetch every RefreshTimer (plus up to 1/16
+// of it as jitter).
 func TestRefreshTimer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		src := fakeupstream.New()
@@ -188,7 +189,7 @@ func TestRefreshTimer(t *testing.T) {
 		if v, _ := get(t, k, req("a")); v != "one" {
 			t.Fatalf("value before RefreshTimer = %q", v)
 		}
-		time.Sleep(2 * time.Second)
+		time.Sleep(3 * time.Second) // past 30s plus up to 1/16 of jitter
 		if v, meta := get(t, k, req("a")); v != "two" || meta.Age != 0 {
 			t.Fatalf("value after RefreshTimer = %q %+v", v, meta)
 		}

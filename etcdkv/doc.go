@@ -1,0 +1,76 @@
+// Package etcdkv makes etcd v3 a source for a watchcache.Cache: keys,
+// prefixes and key listings of etcd, cached, shared and kept fresh by one
+// etcd watch per cache entry, with the etcd revision as the index.
+//
+// # Using it
+//
+//	src, err := etcdkv.New(etcdkv.Config{Endpoints: []string{"http://127.0.0.1:2379"}})
+//	...
+//	defer src.Close()
+//	c, err := watchcache.New(watchcache.Options{})
+//	...
+//	defer c.Close() // before src.Close: entries hold watches on its clients
+//	kinds, err := src.Register(c)
+//	...
+//	key, meta, err := kinds.GetKey(ctx, etcdkv.KeyRequest("/config/a", watchcache.Partition{}))
+//
+// Three kinds are registered: KindKey (one key: its value, whether it
+// exists, its revisions), KindPrefix (every key under a prefix) and
+// KindKeys (key names under a prefix, cut after a separator as Consul's
+// ?keys&separator=). Build requests with KeyRequest, PrefixRequest and
+// KeysRequest; watch with the kinds' Notify and NotifyCallback; write with
+// the Source's Put, CompareAndSwap, Delete, DeletePrefix and DeleteCAS, and
+// read with the Kinds' GetKey, GetPrefix and GetKeys to see those writes at
+// once.
+//
+// # Index
+//
+// An entry's index is an etcd revision, never 0. It rises only when the
+// entry's key or range changes (writes elsewhere in etcd wake nobody, since
+// the watch covers only the range), and deletions are changes. It is the
+// revision of the last change the watch delivered; after a read (the first
+// fetch, or a re-read after a compaction) it is the key's ModRevision, or
+// for a missing key and for ranges the read's revision, and it stays as it
+// was if the read finds nothing changed. The etcd-keys kind changes when
+// anything under its prefix changes, values included, as Consul's ?keys
+// does.
+//
+// # Failures
+//
+//   - Compaction. A watch that fell behind a compaction (it was
+//     disconnected, and the revisions it needed were compacted meanwhile)
+//     is cancelled by etcd; the entry reads the current state, delivers it
+//     if it differs, and watches from the revision after the read.
+//   - Resets. A store restored from a backup or rebuilt from scratch has
+//     lower revisions than before, and a watch waiting for a revision that
+//     is now in the future stays silent. While an entry waits, it checks
+//     every Config.ResetCheckInterval that the store's revision did not go
+//     backwards (one linearizable read per identity and interval, shared by
+//     all its entries); if it did, the entry reads the new state and
+//     delivers it with its lower index, which the cache treats as a reset.
+//   - Connection loss. The same check fails when etcd cannot be reached: the
+//     fetch returns an error, the cache backs off, keeps serving the last
+//     value with a growing Age and tells watchers once; when etcd is back,
+//     the next check succeeds and the entry recovers by itself.
+//   - Leader loss. Watches require a leader (clientv3.WithRequireLeader): a
+//     member cut off from its cluster ends them instead of holding them
+//     silently, and the entry re-reads and watches again.
+//
+// # Identities
+//
+// A request's Partition names the etcd user it is made as. Login verifies a
+// user's password with etcd and returns the user's Partition; each user has
+// one client, reused while the same password is presented and closed when
+// idle. The zero Partition is the source's own identity (Config.Username,
+// or anonymous). Permission errors and rejected credentials wrap
+// ErrPermissionDenied and ErrAuthFailed, and stop the background refresh of
+// the entry (watchcache.Fatal).
+//
+// # Read-your-writes
+//
+// Writes through the Source are remembered for a minute with their
+// revision. GetKey, GetPrefix and GetKeys compare the entry's index with
+// the writes to its range: if the entry has not caught up, they wait for it
+// (normally milliseconds) up to Config.ReadYourWritesWait and then read
+// from etcd directly with the caller's identity.
+package etcdkv

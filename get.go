@@ -18,7 +18,9 @@ import (
 // hide the last good value from a plain Get (it is returned with no error,
 // and Meta.Age tells how stale it may be); a Get that demanded a fresh value
 // (MaxAge, MustRevalidate) or blocks on an index gets the last value with
-// the error of one fresh attempt rather than waiting out its timeout.
+// the error of one fresh attempt rather than waiting out its timeout. A
+// fatal error (see Fatal) is different: access was refused, so the value
+// is withheld and every Get tries once more.
 //
 // Cancelling ctx ends this call only: the fetch it started goes on for
 // anyone else who needs it.
@@ -51,7 +53,7 @@ func (k *Kind[V]) Get(ctx context.Context, req Request) (V, ResultMeta, error) {
 // fresh reports whether s answers req without a fetch.
 func (k *Kind[V]) fresh(s *snapshot[V], req Request, blocking bool) bool {
 	switch {
-	case !s.hasValue:
+	case !s.hasValue, s.fatal:
 		return false
 	case blocking:
 		return s.satisfies(req.MinIndex)
@@ -161,9 +163,13 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 		}
 		if timedOut {
 			k.m.misses.Inc()
-			if s == nil || !s.hasValue {
+			switch {
+			case s == nil || !s.hasValue:
 				var zero V
 				return zero, ResultMeta{}, ErrTimeout
+			case s.fatal:
+				var zero V
+				return zero, e.meta(s, false), s.err
 			}
 			return s.value, e.meta(s, false), nil
 		}
@@ -178,6 +184,18 @@ func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *g
 	reply := func(err error) (answer[V], bool) {
 		return answer[V]{value: s.value, meta: e.meta(s, w.first && err == nil), err: err}, true
 	}
+	if s != nil && s.fatal {
+		// Access was refused (or the request can never work): what this
+		// partition could read before is withheld, and each Get tries once
+		// more, since refresh has stopped and access may have been restored.
+		if w.need > 0 && s.attempt >= w.need {
+			return answer[V]{meta: e.meta(s, false), err: s.err}, true
+		}
+		if w.need == 0 {
+			w.need = e.requestAttemptLocked()
+		}
+		return a, false
+	}
 	if blocking {
 		switch {
 		case s != nil && s.satisfies(req.MinIndex):
@@ -190,10 +208,6 @@ func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *g
 			// One attempt failed since the Get began: report it rather than
 			// wait out the timeout on a failing source.
 			return reply(s.err)
-		case e.fatal && w.need == 0:
-			// Refresh stopped on a fatal error: nothing would wake the Get,
-			// so it asks for one more attempt.
-			w.need = e.requestAttemptLocked()
 		}
 		return a, false
 	}
@@ -205,7 +219,7 @@ func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *g
 		switch {
 		case s != nil && k.fresh(s, req, false):
 			return reply(nil)
-		case s != nil && !s.hasValue && s.err != nil && !e.fatal && e.running && !e.fetching && time.Until(e.notBefore) > 0:
+		case s != nil && !s.hasValue && s.err != nil && e.running && !e.fetching && time.Until(e.notBefore) > 0:
 			// The loop is backing off after failures: the error is current,
 			// and asking for an attempt now would defeat the backoff.
 			return answer[V]{meta: e.meta(s, false), err: s.err}, true

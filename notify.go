@@ -160,10 +160,12 @@ func (w *watcher[V]) closeLocked() {
 	if w.ch == nil {
 		return
 	}
-	ev := UpdateEvent[V]{CorrelationID: w.id, Err: ErrClosed}
+	ev := UpdateEvent[V]{CorrelationID: w.id}
 	if s := w.e.snap.Load(); s != nil {
-		ev.Result, ev.Meta = s.value, w.e.meta(s, false)
+		ev = w.e.eventLocked(s)
+		ev.CorrelationID = w.id
 	}
+	ev.Err = ErrClosed
 	select {
 	case w.ch <- ev:
 	default: // the consumer is not reading; it has its context
@@ -172,7 +174,11 @@ func (w *watcher[V]) closeLocked() {
 
 // eventLocked is the event that tells a watcher about s.
 func (e *entry[V]) eventLocked(s *snapshot[V]) UpdateEvent[V] {
-	return UpdateEvent[V]{Result: s.value, Meta: e.meta(s, false), Err: s.err}
+	ev := UpdateEvent[V]{Meta: e.meta(s, false), Err: s.err}
+	if !s.fatal {
+		ev.Result = s.value // a fatal error withholds it, as Get does
+	}
+	return ev
 }
 
 // fanoutLocked offers s to every watcher that has not seen it. Sends never

@@ -131,8 +131,8 @@ func TestRefreshRateLimit(t *testing.T) {
 	})
 }
 
-// A fatal error stops the background refresh; watchers hear it once; a
-// later Get tries once more.
+// A fatal error stops the background refresh and withholds the cached
+// value; watchers hear it once; each later Get tries once more.
 func TestRefreshFatalStops(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		src := fakeupstream.New()
@@ -144,8 +144,8 @@ func TestRefreshFatalStops(t *testing.T) {
 		denied := errors.New("permission denied")
 		src.Fail("a", watchcache.Fatal(denied))
 		ev := recv(t, ch)
-		if !errors.Is(ev.Err, watchcache.ErrFatal) || !errors.Is(ev.Err, denied) || ev.Result != "one" {
-			t.Fatalf("event = %+v, want fatal permission denied with the last value", ev)
+		if !errors.Is(ev.Err, watchcache.ErrFatal) || !errors.Is(ev.Err, denied) || ev.Result != "" {
+			t.Fatalf("event = %+v, want fatal permission denied, the value withheld", ev)
 		}
 		calls := src.Calls("a")
 		time.Sleep(time.Hour)
@@ -153,6 +153,12 @@ func TestRefreshFatalStops(t *testing.T) {
 			t.Fatalf("%d fetches after a fatal error, want refresh stopped", n)
 		}
 		noEvent(t, ch)
+		// Access was refused: a plain Get does not serve what was cached
+		// for this partition before; it tries once more and reports.
+		if v, _, err := k.Get(context.Background(), req("a")); !errors.Is(err, denied) || v != "" {
+			t.Fatalf("plain Get after fatal = %q %v, want no value and the error", v, err)
+		}
+		calls++
 		// A blocking Get asks for one more attempt and reports its error.
 		if _, _, err := k.Get(context.Background(), watchcache.Request{Key: "a", MinIndex: 1}); !errors.Is(err, denied) {
 			t.Fatalf("blocking Get after fatal = %v", err)

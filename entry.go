@@ -388,9 +388,11 @@ func (e *entry[V]) fetch() {
 	opts := FetchOptions[V]{Timeout: e.k.opts.QueryTimeout}
 	if prev := e.snap.Load(); prev != nil && prev.hasValue {
 		opts.LastResult = &FetchResult[V]{Value: prev.value, Index: prev.index, State: prev.state}
-		// Block only for background refresh: a Get waiting for a fresh
-		// value needs the current one now.
-		if e.k.opts.SupportsBlocking && e.want <= e.completed {
+		// Block only for background refresh of a healthy entry: a Get
+		// waiting for a fresh value needs the current one now, and after a
+		// failure the current one is the recovery, which must not wait for
+		// the next change.
+		if e.k.opts.SupportsBlocking && e.want <= e.completed && prev.err == nil {
 			opts.MinIndex = prev.index
 		}
 	}
@@ -456,6 +458,9 @@ func (e *entry[V]) publishLocked(n uint64, start, end time.Time, res FetchResult
 	e.jitter = rand.Float64() / 16 // up to interval/16 on the next poll
 
 	if err != nil {
+		if prev == nil || !sameState(res.State, prev.state) {
+			e.k.c.closeState(res.State) // a failed fetch's state is not kept
+		}
 		e.failures++
 		e.notBefore = end.Add(backoff(e.failures))
 		e.fatal = isFatal(err)

@@ -198,3 +198,34 @@ func TestExpiryMaxEntries(t *testing.T) {
 		}
 	})
 }
+
+// State returned with an error, or for a request that bypasses the cache,
+// is not kept, so it is closed at once.
+func TestStateNotKeptIsClosed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var closed atomic.Int64
+		fail := true
+		fetch := watchcache.FetchFunc[string](func(ctx context.Context, o watchcache.FetchOptions[string], r watchcache.Request) (watchcache.FetchResult[string], error) {
+			res := watchcache.FetchResult[string]{Value: "v", Index: 1, State: closer(&closed)}
+			if r.Key == "a" && fail {
+				return res, errBoom
+			}
+			return res, nil
+		})
+		c := newCache(t, watchcache.Options{})
+		k, _ := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{})
+		k.Get(context.Background(), req("a"))
+		if n := closed.Load(); n != 1 {
+			t.Fatalf("closed after a failed fetch = %d, want 1", n)
+		}
+		get(t, k, req(""))
+		if n := closed.Load(); n != 2 {
+			t.Fatalf("closed after a bypassing Get = %d, want 2", n)
+		}
+		fail = false
+		get(t, k, req("a"))
+		if n := closed.Load(); n != 2 {
+			t.Fatalf("closed after a kept fetch = %d, want still 2", n)
+		}
+	})
+}

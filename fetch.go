@@ -32,8 +32,10 @@ func (f FetchFunc[V]) Fetch(ctx context.Context, opts FetchOptions[V], req Reque
 
 // FetchOptions are the cache's parameters for one fetch.
 type FetchOptions[V any] struct {
-	// MinIndex is the entry's current index for blocking kinds (0 for the
-	// first fetch and for polling kinds).
+	// MinIndex is the entry's current index for background fetches of
+	// blocking kinds. It is 0 for the first fetch, for polling kinds, for a
+	// fetch a Get needs answered now, and for the first fetch after a
+	// failure (so that recovery is published without waiting for a change).
 	MinIndex uint64
 
 	// Timeout is how long a blocking fetch may wait for a change: the
@@ -59,7 +61,9 @@ type FetchResult[V any] struct {
 
 	// State is kept with the entry and handed back in the next fetch's
 	// LastResult. If it is an io.Closer it is closed when the entry goes
-	// away.
+	// away, when a later fetch returns a different State, and when it comes
+	// with an error or for a request that bypasses the cache (neither is
+	// kept).
 	State any
 }
 

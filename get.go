@@ -242,6 +242,7 @@ func (k *Kind[V]) fetchDirect(ctx context.Context, req Request) (V, ResultMeta, 
 	start := time.Now()
 	res, err := callFetch(ctx, k.fetcher, opts, req)
 	k.m.observeFetch(time.Since(start), err)
+	k.c.closeState(res.State) // no entry keeps it
 	return res.Value, ResultMeta{Index: max(res.Index, 1)}, err
 }
 

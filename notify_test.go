@@ -87,6 +87,7 @@ func TestNotifyCallbackPanic(t *testing.T) {
 		good := make(chan watchcache.UpdateEvent[string], 10)
 		k.Notify(t.Context(), req("a"), "good", good)
 		recv(t, good)
+		synctest.Wait() // the bad callback ran (and panicked) on "one"
 		src.Set("a", "two")
 		if ev := recv(t, good); ev.Result != "two" {
 			t.Fatalf("good watcher got %+v", ev)

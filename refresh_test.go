@@ -201,3 +201,34 @@ func TestRefreshTimer(t *testing.T) {
 		}
 	})
 }
+
+// A source that comes back without a change is a recovery too: the first
+// fetch after a failure does not block waiting for a change.
+func TestRefreshRecoversWithoutChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := fakeupstream.New()
+		i1 := src.Set("a", "one")
+		k := register(t, newCache(t, watchcache.Options{}), "kv", src, blockingRefresh)
+		ch := make(chan watchcache.UpdateEvent[string], 10)
+		k.Notify(t.Context(), req("a"), "w", ch)
+		recv(t, ch)
+		src.Fail("a", errBoom)
+		if ev := recv(t, ch); !errors.Is(ev.Err, errBoom) {
+			t.Fatalf("event = %+v, want boom", ev)
+		}
+		time.Sleep(time.Minute)
+		failedFor := time.Minute
+		src.Fail("a", nil)
+		start := time.Now()
+		ev := recv(t, ch)
+		if ev.Err != nil || ev.Result != "one" || ev.Meta.Index != i1 || ev.Meta.Age != 0 {
+			t.Fatalf("recovery event = %+v, want one at %d, healthy", ev, i1)
+		}
+		if waited := time.Since(start); waited > backoffCap(failedFor) {
+			t.Fatalf("recovery took %v: it waited for a change instead of the next retry", waited)
+		}
+	})
+}
+
+// backoffCap is the longest a retry can be after failing for d.
+func backoffCap(d time.Duration) time.Duration { return min(2*d, time.Minute) }

@@ -210,3 +210,18 @@ func TestIdleIdentity(t *testing.T) {
 		t.Fatalf("alice's client has %d users, want 1 (the entry's watch)", refs)
 	}
 }
+
+// TestLoginWithoutAuth checks that, while etcd's authentication is off,
+// every user is the source's own (anonymous) identity: there is nothing
+// to partition by.
+func TestLoginWithoutAuth(t *testing.T) {
+	t.Parallel()
+	_, f, _ := start(t)
+	p, err := f.src.Login(testCtx(t), "alice", "any")
+	if err != nil || p != self {
+		t.Fatalf("Login with auth off = %+v, %v; want the zero partition", p, err)
+	}
+	if _, err := f.src.Login(testCtx(t), "alice", ""); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("Login with an empty password: %v, want ErrAuthFailed", err)
+	}
+}

@@ -48,6 +48,10 @@
 //     backwards (one linearizable read per identity and interval, shared by
 //     all its entries); if it did, the entry reads the new state and
 //     delivers it with its lower index, which the cache treats as a reset.
+//     A reset is noticed only while the new store's revision is below the
+//     highest one the entry saw: a store rebuilt and written past that
+//     revision within one interval looks like the old one to etcd's API
+//     (a restored store keeps its cluster and member IDs).
 //   - Connection loss. The same check fails when etcd cannot be reached: the
 //     fetch returns an error, the cache backs off, keeps serving the last
 //     value with a growing Age and tells watchers once; when etcd is back,

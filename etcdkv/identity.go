@@ -90,7 +90,18 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 		s.mu.Unlock()
 		return watchcache.Partition{}, nil
 	case err != nil:
-		return watchcache.Partition{}, wrapErr("login as "+strconv.Quote(user), err)
+		err = wrapErr("login as "+strconv.Quote(user), err)
+		if errors.Is(err, ErrAuthFailed) {
+			// If this password was good before, it no longer is (changed
+			// in etcd): the client made with it must go too.
+			s.mu.Lock()
+			id := s.pool[user]
+			s.mu.Unlock()
+			if id != nil && hmac.Equal(id.hash, hash) {
+				s.rejected(id)
+			}
+		}
+		return watchcache.Partition{}, err
 	}
 
 	verified := time.Now()
@@ -125,8 +136,8 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 		closeNow = append(closeNow, id)
 	default:
 		if old != nil {
-			// The password changed: entries move to the new client as
-			// their watches are renewed.
+			// The password changed: each entry moves to the new client
+			// at its next fetch (see fetchRange).
 			closeNow = s.retireLocked(old, closeNow)
 		}
 		s.pool[user] = id
@@ -201,6 +212,10 @@ func (s *Source) rejected(id *identity) {
 		return // the own identity stays: its configuration is what it is
 	}
 	s.mu.Lock()
+	if id.retired {
+		s.mu.Unlock()
+		return
+	}
 	closeNow := s.retireLocked(id, nil)
 	s.mu.Unlock()
 	s.closeClients(closeNow)

@@ -14,9 +14,10 @@ const (
 	KindKeys   = "etcd-keys"
 )
 
-// Kinds are the kinds a Source registered on a cache. Use their Get
-// methods for reads that must see this process's writes; the Kind fields
-// serve everything else (Notify, NotifyCallback, Get without that need).
+// Kinds are the kinds a Source registered on a cache; get them from
+// Register. Use their Get methods for reads that must see this process's
+// writes; the Kind fields serve everything else (Notify, NotifyCallback,
+// Get without that need).
 type Kinds struct {
 	// Key is one key (KeyRequest), Prefix every key under a prefix
 	// (PrefixRequest), Keys the key names under a prefix (KeysRequest).

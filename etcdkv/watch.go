@@ -44,6 +44,7 @@ type watchState[V any] struct {
 	revAt     time.Time // when rev was observed
 	nextCheck time.Time // next revision probe while waiting
 	failed    bool      // the last fetch failed: the next success is reported at once (recovery)
+	failedAt  time.Time // when it failed: only a probe started later tells of a recovery
 
 	closeOnce sync.Once
 }
@@ -215,7 +216,7 @@ func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[
 		}
 	}
 	fail := func(err error) (watchcache.FetchResult[V], error) {
-		st.failed = true
+		st.failed, st.failedAt = true, time.Now()
 		return none, err
 	}
 	succeed := func() (watchcache.FetchResult[V], error) {
@@ -320,12 +321,15 @@ func (st *watchState[V]) drain() {
 }
 
 // checkRevision returns the store's current revision, from a probe that
-// started after the state observed its revision and within the last
-// interval (see revisionProbe).
+// started after the state observed its revision, within the last interval
+// and after the state's last failure (see revisionProbe).
 func (st *watchState[V]) checkRevision(ctx context.Context) (int64, error) {
 	since := st.revAt
 	if t := time.Now().Add(-st.s.cfg.ResetCheckInterval); t.After(since) {
 		since = t
+	}
+	if st.failedAt.After(since) {
+		since = st.failedAt // another entry's probe from before the failure proves nothing
 	}
 	return st.id.probe.check(ctx, since, func(ctx context.Context) (int64, error) {
 		ctx, cancel := context.WithTimeout(ctx, st.s.cfg.RequestTimeout)

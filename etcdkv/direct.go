@@ -1,0 +1,67 @@
+package etcdkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/watchcache/watchcache"
+)
+
+// ReadKey reads req's key from etcd directly with the request's identity,
+// bypassing the cache: a linearizable read, for callers that must see the
+// store's current state (Consul's ?consistent, Cache-Control:
+// must-revalidate). The index follows the kind's rules.
+func (k *Kinds) ReadKey(ctx context.Context, req watchcache.Request) (Key, watchcache.ResultMeta, error) {
+	sp, err := parseKeyKey(req.Key)
+	if err != nil {
+		return Key{}, watchcache.ResultMeta{}, err
+	}
+	return readValue(ctx, k.s, sp, req.Partition, deriveKey)
+}
+
+// ReadPrefix is ReadKey for a prefix request.
+func (k *Kinds) ReadPrefix(ctx context.Context, req watchcache.Request) (Prefix, watchcache.ResultMeta, error) {
+	sp, err := parsePrefixKey(req.Key)
+	if err != nil {
+		return Prefix{}, watchcache.ResultMeta{}, err
+	}
+	return readValue(ctx, k.s, sp, req.Partition, derivePrefix)
+}
+
+// ReadKeys is ReadKey for a keys request.
+func (k *Kinds) ReadKeys(ctx context.Context, req watchcache.Request) (KeyList, watchcache.ResultMeta, error) {
+	sp, err := parseKeysKey(req.Key)
+	if err != nil {
+		return KeyList{}, watchcache.ResultMeta{}, err
+	}
+	return readValue(ctx, k.s, sp, req.Partition, deriveKeys)
+}
+
+// Health reports whether etcd answers: it asks each endpoint for its
+// status with the source's own client until one answers, and returns that
+// member's view of the store's revision and whether it knows a leader.
+func (s *Source) Health(ctx context.Context) (Health, error) {
+	if s.isClosed() {
+		return Health{}, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	var errs []error
+	for _, ep := range s.own.cli.Endpoints() {
+		st, err := s.own.cli.Status(ctx, ep)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+			continue
+		}
+		return Health{Endpoint: ep, Revision: st.Header.GetRevision(), Leader: st.Leader != 0}, nil
+	}
+	return Health{}, wrapErr("status", errors.Join(errs...))
+}
+
+// Health is what Source.Health found.
+type Health struct {
+	Endpoint string // the member that answered
+	Revision int64  // the store's revision as that member knows it
+	Leader   bool   // the member knows a leader
+}

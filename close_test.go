@@ -204,6 +204,10 @@ func TestMetrics(t *testing.T) {
 				t.Errorf("%s = %v, want %v", name, got, want)
 			}
 		}
+		st := c.Stats()
+		if st.Entries != 2 || st.Watchers != 1 || st.Hits != 2 || st.Misses != 2 || st.Fetches != 2 || st.Failures != 1 {
+			t.Errorf("Stats = %+v, want 2 entries, 1 watcher, 2 hits, 2 misses, 2 fetches, 1 failure", st)
+		}
 		if _, err := watchcache.New(watchcache.Options{Registerer: reg}); err == nil {
 			t.Fatal("registering the metrics twice on one registry succeeded")
 		}

@@ -217,10 +217,13 @@ func (k *Kind[V]) forEach(f func(*entry[V])) {
 
 // kindHandle is what the Cache needs of a kind, whatever its value type.
 type kindHandle interface {
+	metrics() *kindMetrics
 	closeAll()
 	setRate(r rateSetting)
 	sample(start, max int, visit func(victim)) int
 }
+
+func (k *Kind[V]) metrics() *kindMetrics { return k.m }
 
 func (k *Kind[V]) closeAll() { k.forEach(func(e *entry[V]) { e.close() }) }
 

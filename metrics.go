@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // metrics are the cache's Prometheus collectors, labelled by kind. They
@@ -106,4 +107,47 @@ func (m *kindMetrics) evicted(reason string) {
 		return
 	}
 	m.evictedTTL.Inc()
+}
+
+// Stats is a summary of the cache's metrics, for status pages.
+type Stats struct {
+	Entries  int // entries in the cache
+	Watchers int // active watches
+	Hits     uint64
+	Misses   uint64
+	Fetches  uint64 // upstream fetches, any outcome
+	Failures uint64 // of which failed (fatal included)
+}
+
+// Stats returns the cache's counters summed over its kinds. It reads the
+// same values the Prometheus metrics export, whether or not they are
+// registered.
+func (c *Cache) Stats() Stats {
+	var s Stats
+	s.Entries = int(c.count.Load())
+	for _, k := range c.kindList() {
+		m := k.metrics()
+		s.Watchers += int(metricValue(m.watchers))
+		s.Hits += uint64(metricValue(m.hits))
+		s.Misses += uint64(metricValue(m.misses))
+		ok, failed := uint64(metricValue(m.fetchOK)), uint64(metricValue(m.fetchErr)+metricValue(m.fetchFatal))
+		s.Fetches += ok + failed
+		s.Failures += failed
+	}
+	return s
+}
+
+// metricValue reads a counter's or gauge's current value.
+func metricValue(m prometheus.Metric) float64 {
+	var pb dto.Metric
+	if err := m.Write(&pb); err != nil {
+		return 0
+	}
+	switch {
+	case pb.Counter != nil:
+		return pb.Counter.GetValue()
+	case pb.Gauge != nil:
+		return pb.Gauge.GetValue()
+	}
+	return 0
 }

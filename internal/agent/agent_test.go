@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/goleak"
+
+	"github.com/watchcache/watchcache/etcdkv"
+	"github.com/watchcache/watchcache/internal/etcdtest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// waitFor bounds every wait of a test on etcd, the agent or a client.
+const waitFor = 30 * time.Second
+
+func testLogger() *slog.Logger {
+	if os.Getenv("WATCHCACHE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// testAgent is a real agent listening on a loopback port in front of a
+// real embedded etcd.
+type testAgent struct {
+	*Agent
+	etcd *etcdtest.Cluster
+	addr string // host:port
+	url  string // http://host:port
+}
+
+// startAgent starts etcd and an agent on it; both stop when the test ends.
+func startAgent(t testing.TB, mod ...func(*Config)) *testAgent {
+	t.Helper()
+	c := etcdtest.Start(t)
+	cfg := Config{
+		EtcdEndpoints:     c.Endpoints(),
+		Logger:            testLogger(),
+		HeartbeatInterval: time.Second,
+		Etcd: func(ec *etcdkv.Config) {
+			ec.ResetCheckInterval = 500 * time.Millisecond
+			ec.RequestTimeout = 2 * time.Second
+		},
+	}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatalf("agent.New: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- a.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		if err := a.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	})
+	addr := ln.Addr().String()
+	return &testAgent{Agent: a, etcd: c, addr: addr, url: "http://" + addr}
+}
+
+// consul returns a consul/api client of the agent; mod adjusts its config.
+func (ta *testAgent) consul(t testing.TB, mod ...func(*api.Config)) *api.Client {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address = ta.addr
+	cfg.Transport = &http.Transport{}
+	for _, m := range mod {
+		m(cfg)
+	}
+	cli, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
+	return cli
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	t.Cleanup(cancel)
+	return ctx
+}

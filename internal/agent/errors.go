@@ -1,0 +1,42 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/etcdkv"
+)
+
+// statusOf maps an error to the HTTP status and message the client gets.
+// Messages name the problem; 5xx ones carry the store's reason.
+func statusOf(err error) (int, string) {
+	var br *badRequest
+	switch {
+	case errors.As(err, &br):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, errMethod):
+		return http.StatusMethodNotAllowed, "method not allowed"
+	case errors.Is(err, errNoToken):
+		return http.StatusForbidden, "ACL not found"
+	case errors.Is(err, etcdkv.ErrPermissionDenied):
+		return http.StatusForbidden, "Permission denied: " + err.Error()
+	case errors.Is(err, etcdkv.ErrAuthFailed), errors.Is(err, etcdkv.ErrUnknownIdentity):
+		return http.StatusForbidden, "authentication failed: " + err.Error()
+	case errors.Is(err, watchcache.ErrClosed), errors.Is(err, etcdkv.ErrClosed):
+		return http.StatusServiceUnavailable, "agent is shutting down"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, watchcache.ErrTimeout):
+		return http.StatusGatewayTimeout, "etcd did not answer in time: " + err.Error()
+	}
+	return http.StatusServiceUnavailable, "etcd unavailable: " + err.Error()
+}
+
+// writeError answers with err's status and message.
+func (a *Agent) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status, msg := statusOf(err)
+	if status >= 500 {
+		a.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
+	}
+	http.Error(w, msg, status)
+}

@@ -1,0 +1,254 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/etcdkv"
+)
+
+// writeTimeout bounds a write to etcd. Writes detach from the request's
+// context: once started, neither a client going away nor a shutdown
+// aborts one midway.
+const writeTimeout = 30 * time.Second
+
+// kvPair is one entry of a /v1/kv response, as Consul writes it.
+type kvPair struct {
+	LockIndex   uint64
+	Key         string
+	Flags       uint64
+	Value       []byte // base64 in JSON, as Consul's
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+func pairOf(kv etcdkv.KeyValue) kvPair {
+	return kvPair{Key: kv.Key, Value: kv.Value, CreateIndex: uint64(kv.CreateRevision), ModifyIndex: uint64(kv.ModRevision)}
+}
+
+// handleKV serves /v1/kv/<key>: GET reads through the cache, PUT and
+// DELETE write through to etcd.
+func (a *Agent) handleKV(w http.ResponseWriter, r *http.Request) {
+	key := strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, "/v1/kv"), "/")
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		a.writeError(w, r, badf("query", "%v", err))
+		return
+	}
+	kr, err := parseKVRequest(r.Method, key, q, r.Header, a.cfg.Datacenter)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	p, err := a.identity(r.Context(), r, kr.token)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	switch r.Method {
+	case http.MethodGet:
+		switch {
+		case kr.recurse:
+			serveRead(a, w, r, kr, etcdkv.PrefixRequest(key, p), a.kinds.GetPrefix, a.kinds.ReadPrefix, renderPrefix)
+		case kr.keys:
+			serveRead(a, w, r, kr, etcdkv.KeysRequest(key, kr.separator, p), a.kinds.GetKeys, a.kinds.ReadKeys, renderKeys)
+		default:
+			serveRead(a, w, r, kr, etcdkv.KeyRequest(key, p), a.kinds.GetKey, a.kinds.ReadKey, renderKey(kr.raw))
+		}
+	case http.MethodPut:
+		a.put(w, r, kr, p)
+	case http.MethodDelete:
+		a.delete(w, r, kr, p)
+	}
+}
+
+// view is a read rendered for the client.
+type view struct {
+	found       bool // false: 404
+	body        []byte
+	contentType string
+}
+
+func renderKey(raw bool) func(etcdkv.Key) view {
+	return func(k etcdkv.Key) view {
+		if !k.Exists {
+			return view{}
+		}
+		if raw {
+			return view{found: true, body: k.KV.Value, contentType: "application/octet-stream"}
+		}
+		return jsonView([]kvPair{pairOf(k.KV)})
+	}
+}
+
+func renderPrefix(p etcdkv.Prefix) view {
+	if len(p.KVs) == 0 {
+		return view{}
+	}
+	pairs := make([]kvPair, len(p.KVs))
+	for i, kv := range p.KVs {
+		pairs[i] = pairOf(kv)
+	}
+	return jsonView(pairs)
+}
+
+func renderKeys(kl etcdkv.KeyList) view {
+	if len(kl.Keys) == 0 {
+		return view{}
+	}
+	return jsonView(kl.Keys)
+}
+
+func jsonView(v any) view {
+	body, err := json.Marshal(v)
+	if err != nil { // only for values json cannot encode, which these are not
+		panic(err)
+	}
+	return view{found: true, body: body, contentType: "application/json"}
+}
+
+// reader reads a request's value: from the cache (with read-your-writes)
+// or directly from etcd.
+type reader[V any] func(context.Context, watchcache.Request) (V, watchcache.ResultMeta, error)
+
+// serveRead answers a GET.
+//
+//   - Blocking (?index=): waits through the cache for a change or the wait;
+//     a shutdown ends the wait early with the current value.
+//   - ?consistent, Cache-Control must-revalidate or no-cache: read from etcd.
+//   - Cache-Control max-age: a cached value older than it (the cache cannot
+//     reach etcd) is replaced by a read from etcd, or, if that fails too,
+//     served while within stale-if-error.
+//   - Otherwise the cached value, even while etcd is unreachable (its Age
+//     says how stale it may be).
+func serveRead[V any](a *Agent, w http.ResponseWriter, r *http.Request, kr kvRequest, req watchcache.Request, cached, direct reader[V], render func(V) view) {
+	ctx := r.Context()
+	req.MinIndex, req.Timeout = kr.index, kr.wait
+	revalidate := kr.consistent || kr.cache.mustRevalidate
+
+	v, meta, err := cached(ctx, req)
+	if err != nil && kr.index > 0 && ctx.Err() != nil {
+		if !a.isStopping() {
+			return // the client went away
+		}
+		// Shutting down: answer now with what the cache has.
+		req.MinIndex = 0
+		v, meta, err = cached(context.WithoutCancel(ctx), req)
+	}
+	if err != nil && !(revalidate && kr.index == 0) {
+		a.writeError(w, r, err)
+		return
+	}
+	stale := kr.cache.hasMaxAge && meta.Age > kr.cache.maxAge
+	if revalidate || stale {
+		fresh, freshMeta, ferr := direct(ctx, req)
+		switch {
+		case ferr == nil:
+			v, meta = fresh, freshMeta
+		case stale && !revalidate && meta.Age <= kr.cache.maxAge+kr.cache.staleIfError:
+			// stale-if-error: the cached value is still acceptable.
+		default:
+			a.writeError(w, r, ferr)
+			return
+		}
+	}
+	writeView(w, meta, render(v))
+}
+
+// writeView writes a read's response with Consul's headers.
+func writeView(w http.ResponseWriter, meta watchcache.ResultMeta, v view) {
+	h := w.Header()
+	h.Set("X-Consul-Index", strconv.FormatUint(max(meta.Index, 1), 10))
+	h.Set("X-Consul-KnownLeader", strconv.FormatBool(meta.Age == 0))
+	h.Set("X-Consul-LastContact", strconv.FormatInt(meta.Age.Milliseconds(), 10))
+	h.Set("Age", strconv.FormatInt(int64(meta.Age/time.Second), 10))
+	if meta.Hit {
+		h.Set("X-Cache", "HIT")
+	} else {
+		h.Set("X-Cache", "MISS")
+	}
+	if !v.found {
+		w.WriteHeader(http.StatusNotFound)
+		return
+	}
+	h.Set("Content-Type", v.contentType)
+	w.Write(v.body)
+}
+
+// readValue reads a PUT's body, at most MaxValueSize bytes.
+func readValue(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxValueSize))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, badf("request body", "the value is larger than %d bytes", MaxValueSize)
+	case err != nil:
+		return nil, badf("request body", "%v", err)
+	}
+	return value, nil
+}
+
+// put serves PUT /v1/kv/<key>[?cas=N]; it answers true or false.
+func (a *Agent) put(w http.ResponseWriter, r *http.Request, kr kvRequest, p watchcache.Partition) {
+	value, err := readValue(w, r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
+	defer cancel()
+	ok := true
+	switch {
+	case kr.hasCAS && kr.cas > math.MaxInt64:
+		ok = false // no key has such a revision
+	case kr.hasCAS:
+		ok, _, err = a.src.CompareAndSwap(ctx, p, kr.key, value, int64(kr.cas))
+	default:
+		_, err = a.src.Put(ctx, p, kr.key, value)
+	}
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeBool(w, ok)
+}
+
+// delete serves DELETE /v1/kv/<key>[?recurse][?cas=N]; it answers true
+// or false.
+func (a *Agent) delete(w http.ResponseWriter, r *http.Request, kr kvRequest, p watchcache.Partition) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
+	defer cancel()
+	ok := true
+	var err error
+	switch {
+	case kr.recurse && kr.hasCAS:
+		err = badf("query parameter", "\"cas\" deletes one key; it cannot be combined with \"recurse\"")
+	case kr.recurse:
+		_, err = a.src.DeletePrefix(ctx, p, kr.key)
+	case kr.hasCAS && kr.cas > math.MaxInt64:
+		ok = false
+	case kr.hasCAS:
+		ok, _, err = a.src.DeleteCAS(ctx, p, kr.key, int64(kr.cas))
+	default:
+		_, err = a.src.Delete(ctx, p, kr.key)
+	}
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeBool(w, ok)
+}
+
+func writeBool(w http.ResponseWriter, ok bool) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Write([]byte(strconv.FormatBool(ok)))
+}

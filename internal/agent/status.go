@@ -1,0 +1,67 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// statusReport is the body of GET /v1/status.
+type statusReport struct {
+	Entries  int     `json:"entries"`
+	Watchers int     `json:"watchers"`
+	Hits     uint64  `json:"hits"`
+	Misses   uint64  `json:"misses"`
+	HitRatio float64 `json:"hit_ratio"`
+	Fetches  uint64  `json:"fetches"`
+	Failures uint64  `json:"fetch_failures"`
+	Upstream struct {
+		Endpoints []string `json:"endpoints"`
+		Healthy   bool     `json:"healthy"`
+		Endpoint  string   `json:"endpoint,omitempty"` // the member that answered
+		Revision  int64    `json:"revision,omitempty"`
+		Leader    bool     `json:"leader"`
+		Error     string   `json:"error,omitempty"`
+	} `json:"upstream"`
+}
+
+// handleStatus serves GET /v1/status: the cache's size and hit ratio and
+// whether etcd answers. It answers 200 either way; Upstream.Healthy says.
+func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		a.writeError(w, r, errMethod)
+		return
+	}
+	st := a.cache.Stats()
+	rep := statusReport{
+		Entries: st.Entries, Watchers: st.Watchers, Hits: st.Hits, Misses: st.Misses,
+		Fetches: st.Fetches, Failures: st.Failures,
+	}
+	if total := st.Hits + st.Misses; total > 0 {
+		rep.HitRatio = float64(st.Hits) / float64(total)
+	}
+	rep.Upstream.Endpoints = a.cfg.EtcdEndpoints
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if h, err := a.src.Health(ctx); err != nil {
+		rep.Upstream.Error = err.Error()
+	} else {
+		rep.Upstream.Healthy = h.Leader
+		rep.Upstream.Endpoint, rep.Upstream.Revision, rep.Upstream.Leader = h.Endpoint, h.Revision, h.Leader
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(rep)
+}
+
+// handleUnsupported answers every path the agent does not serve. Consul
+// endpoints (sessions, catalog, health, ...) get a 400 that says so rather
+// than a bare 404 that looks like a missing key.
+func (a *Agent) handleUnsupported(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/v1/") {
+		http.Error(w, "watchcache agent: "+r.URL.Path+" is not served; this agent serves /v1/kv/, /v1/watch/kv/, /v1/status and /metrics", http.StatusBadRequest)
+		return
+	}
+	http.NotFound(w, r)
+}

@@ -1,0 +1,115 @@
+// Package devetcd runs a single-node etcd inside the agent's process for
+// `watchcache agent -dev`: a throwaway store in a temporary directory,
+// reachable by etcdctl on its client address, and removed on Close.
+package devetcd
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// readyTimeout bounds how long the node may take to elect itself leader.
+const readyTimeout = 60 * time.Second
+
+// Server is a running single-node etcd. The zero value is not usable.
+type Server struct {
+	e   *embed.Etcd
+	dir string
+}
+
+// Start starts a single-node etcd serving clients on clientAddr
+// (host:port, e.g. 127.0.0.1:2379) with its data in a new temporary
+// directory. It returns once the node serves requests. Errors of the store
+// itself are written to stderr; the rest of its logs are discarded.
+func Start(clientAddr string) (*Server, error) {
+	host, _, err := net.SplitHostPort(clientAddr)
+	if err != nil {
+		return nil, fmt.Errorf("devetcd: client address %q: %w", clientAddr, err)
+	}
+	peerAddr, err := freeAddr(host)
+	if err != nil {
+		return nil, fmt.Errorf("devetcd: finding a free peer port: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "watchcache-dev-etcd-")
+	if err != nil {
+		return nil, fmt.Errorf("devetcd: %w", err)
+	}
+	clientURL := url.URL{Scheme: "http", Host: clientAddr}
+	peerURL := url.URL{Scheme: "http", Host: peerAddr}
+
+	cfg := embed.NewConfig()
+	cfg.Name = "dev"
+	cfg.Dir = dir
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{peerURL}
+	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
+	cfg.InitialClusterToken = "watchcache-dev"
+	// A dev store is thrown away on exit: durability is not worth the
+	// fsync latency on every write.
+	cfg.UnsafeNoFsync = true
+	cfg.Logger = "zap"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(errorsToStderr())
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("devetcd: starting etcd on %s: %w", clientAddr, err)
+	}
+	s := &Server{e: e, dir: dir}
+	select {
+	case <-e.Server.ReadyNotify():
+		return s, nil
+	case err := <-e.Err():
+		s.Close()
+		return nil, fmt.Errorf("devetcd: etcd failed while starting: %w", err)
+	case <-time.After(readyTimeout):
+		s.Close()
+		return nil, fmt.Errorf("devetcd: etcd on %s was not ready within %v", clientAddr, readyTimeout)
+	}
+}
+
+// Endpoints returns the client URLs of the node.
+func (s *Server) Endpoints() []string {
+	var eps []string
+	for _, u := range s.e.Config().AdvertiseClientUrls {
+		eps = append(eps, u.String())
+	}
+	return eps
+}
+
+// Err returns a channel that receives an error if the node fails while it
+// runs.
+func (s *Server) Err() <-chan error { return s.e.Err() }
+
+// Close stops the node and removes its data.
+func (s *Server) Close() error {
+	s.e.Close()
+	<-s.e.Server.StopNotify()
+	return os.RemoveAll(s.dir)
+}
+
+// freeAddr returns host:port with a port that was free a moment ago.
+func freeAddr(host string) (string, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// errorsToStderr is a logger for etcd that keeps only errors.
+func errorsToStderr() *zap.Logger {
+	enc := zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
+	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zapcore.ErrorLevel)
+	return zap.New(core)
+}

@@ -22,7 +22,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +70,9 @@ type Config struct {
 	EntryFetchBurst int
 	MaxEntries      int
 
+	// WriteTimeout bounds each write to etcd; default 10s.
+	WriteTimeout time.Duration
+
 	// HeartbeatInterval is how often an idle event stream gets a comment
 	// line, so that proxies keep it open; default 30s.
 	HeartbeatInterval time.Duration
@@ -90,7 +95,8 @@ type Agent struct {
 	kinds *etcdkv.Kinds
 	reg   *prometheus.Registry
 	srv   *http.Server
-	mux   *http.ServeMux
+
+	metrics http.Handler // /metrics
 
 	// Every request's context derives from stopCtx, which Shutdown
 	// cancels first: blocking requests then answer at once with the
@@ -100,6 +106,8 @@ type Agent struct {
 	stopCtx    context.Context
 	stopCancel context.CancelFunc
 	stopOnce   sync.Once
+
+	blocked atomic.Int64 // blocking queries waiting now
 }
 
 // New connects to etcd and returns an Agent ready to Serve.
@@ -109,6 +117,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Datacenter == "" {
 		cfg.Datacenter = "dc1"
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
 	}
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = 30 * time.Second
@@ -151,15 +162,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: log, src: src, cache: cache, kinds: kinds, reg: reg}
 	a.stopCtx, a.stopCancel = context.WithCancel(context.Background())
-	a.mux = http.NewServeMux()
-	a.mux.HandleFunc("/v1/kv/", a.handleKV)
-	a.mux.HandleFunc("/v1/kv", a.handleKV) // the root: /v1/kv?recurse
-	a.mux.HandleFunc("/v1/watch/kv/", a.handleWatch)
-	a.mux.HandleFunc("/v1/status", a.handleStatus)
-	a.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	a.mux.HandleFunc("/", a.handleUnsupported)
+	a.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	a.srv = &http.Server{
-		Handler:           a.mux,
+		Handler:           a,
 		ReadHeaderTimeout: readHeaderTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       idleTimeout,
@@ -169,8 +174,23 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// Handler returns the agent's HTTP handler.
-func (a *Agent) Handler() http.Handler { return a.mux }
+// ServeHTTP routes a request. It is not an http.ServeMux: a mux cleans
+// paths and redirects, which would rewrite keys such as "a//b" or "a/../b"
+// that etcd (and Consul) store as they are.
+func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch p := r.URL.Path; {
+	case p == "/v1/kv" || strings.HasPrefix(p, "/v1/kv/"):
+		a.handleKV(w, r)
+	case p == "/v1/watch/kv" || strings.HasPrefix(p, "/v1/watch/kv/"):
+		a.handleWatch(w, r)
+	case p == "/v1/status":
+		a.handleStatus(w, r)
+	case p == "/metrics":
+		a.metrics.ServeHTTP(w, r)
+	default:
+		a.handleUnsupported(w, r)
+	}
+}
 
 // Serve answers HTTP requests on ln until Shutdown. It returns
 // http.ErrServerClosed after a Shutdown.

@@ -12,7 +12,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/etcdtest"
@@ -44,14 +47,28 @@ type testAgent struct {
 // startAgent starts etcd and an agent on it; both stop when the test ends.
 func startAgent(t testing.TB, mod ...func(*Config)) *testAgent {
 	t.Helper()
-	c := etcdtest.Start(t)
+	return startAgentOn(t, etcdtest.Start(t), mod...)
+}
+
+// startAgentOn starts an agent in front of c; it stops when the test ends.
+func startAgentOn(t testing.TB, c *etcdtest.Cluster, mod ...func(*Config)) *testAgent {
+	t.Helper()
 	cfg := Config{
 		EtcdEndpoints:     c.Endpoints(),
 		Logger:            testLogger(),
 		HeartbeatInterval: time.Second,
+		WriteTimeout:      2 * time.Second,
 		Etcd: func(ec *etcdkv.Config) {
 			ec.ResetCheckInterval = 500 * time.Millisecond
 			ec.RequestTimeout = 2 * time.Second
+			// Reconnect promptly after a member restarts (gRPC's default
+			// backoff grows from 1s to minutes).
+			ec.ConfigureClient = func(cc *clientv3.Config) {
+				cc.DialOptions = append(cc.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
+					Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+					MinConnectTimeout: 5 * time.Second,
+				}))
+			}
 		},
 	}
 	for _, m := range mod {

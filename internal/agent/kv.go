@@ -11,15 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/etcdkv"
 )
-
-// writeTimeout bounds a write to etcd. Writes detach from the request's
-// context: once started, neither a client going away nor a shutdown
-// aborts one midway.
-const writeTimeout = 30 * time.Second
 
 // kvPair is one entry of a /v1/kv response, as Consul writes it.
 type kvPair struct {
@@ -38,7 +34,11 @@ func pairOf(kv etcdkv.KeyValue) kvPair {
 // handleKV serves /v1/kv/<key>: GET reads through the cache, PUT and
 // DELETE write through to etcd.
 func (a *Agent) handleKV(w http.ResponseWriter, r *http.Request) {
-	key := strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, "/v1/kv"), "/")
+	key, err := kvKey(r.URL.Path, "/v1/kv")
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		a.writeError(w, r, badf("query", "%v", err))
@@ -69,6 +69,25 @@ func (a *Agent) handleKV(w http.ResponseWriter, r *http.Request) {
 	case http.MethodDelete:
 		a.delete(w, r, kr, p)
 	}
+}
+
+// kvKey returns the key named by a request path under root ("/v1/kv" or
+// "/v1/watch/kv"): everything after "root/", as Consul takes it. The root
+// itself, with or without its slash, names the empty key (the whole
+// keyspace for ?recurse and ?keys).
+func kvKey(path, root string) (string, error) {
+	rest, ok := strings.CutPrefix(path, root)
+	if !ok || (rest != "" && rest[0] != '/') {
+		return "", badf("path", "%q is not under %s/", path, root)
+	}
+	key := strings.TrimPrefix(rest, "/")
+	if strings.ContainsRune(key, 0) {
+		return "", badf("key", "contains a NUL byte")
+	}
+	if !utf8.ValidString(key) {
+		return "", badf("key", "is not valid UTF-8")
+	}
+	return key, nil
 }
 
 // view is a read rendered for the client.
@@ -135,7 +154,13 @@ func serveRead[V any](a *Agent, w http.ResponseWriter, r *http.Request, kr kvReq
 	req.MinIndex, req.Timeout = kr.index, kr.wait
 	revalidate := kr.consistent || kr.cache.mustRevalidate
 
+	if kr.index > 0 {
+		a.blocked.Add(1)
+	}
 	v, meta, err := cached(ctx, req)
+	if kr.index > 0 {
+		a.blocked.Add(-1)
+	}
 	if err != nil && kr.index > 0 && ctx.Err() != nil {
 		if !a.isStopping() {
 			return // the client went away
@@ -204,7 +229,7 @@ func (a *Agent) put(w http.ResponseWriter, r *http.Request, kr kvRequest, p watc
 		a.writeError(w, r, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
+	ctx, cancel := a.writeContext(r)
 	defer cancel()
 	ok := true
 	switch {
@@ -225,7 +250,7 @@ func (a *Agent) put(w http.ResponseWriter, r *http.Request, kr kvRequest, p watc
 // delete serves DELETE /v1/kv/<key>[?recurse][?cas=N]; it answers true
 // or false.
 func (a *Agent) delete(w http.ResponseWriter, r *http.Request, kr kvRequest, p watchcache.Partition) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
+	ctx, cancel := a.writeContext(r)
 	defer cancel()
 	ok := true
 	var err error
@@ -246,6 +271,14 @@ func (a *Agent) delete(w http.ResponseWriter, r *http.Request, kr kvRequest, p w
 		return
 	}
 	writeBool(w, ok)
+}
+
+// writeContext is the context of a write to etcd. It detaches from the
+// request's: once started, neither a client going away nor a shutdown
+// aborts a write midway; WriteTimeout bounds it instead (an unreachable
+// etcd makes the client retry until then).
+func (a *Agent) writeContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), a.cfg.WriteTimeout)
 }
 
 func writeBool(w http.ResponseWriter, ok bool) {

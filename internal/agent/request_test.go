@@ -165,3 +165,90 @@ func FuzzParseCacheControl(f *testing.F) {
 		}
 	})
 }
+
+func TestKVKey(t *testing.T) {
+	for _, tc := range []struct{ path, key, bad string }{
+		{path: "/v1/kv/a/b", key: "a/b"},
+		{path: "/v1/kv/", key: ""},
+		{path: "/v1/kv", key: ""},
+		{path: "/v1/kv//lead", key: "/lead"},
+		{path: "/v1/kvx", bad: "not under"},
+		{path: "/v1/kv/a\x00b", bad: "NUL"},
+		{path: "/v1/kv/\xff", bad: "UTF-8"},
+	} {
+		key, err := kvKey(tc.path, "/v1/kv")
+		if tc.bad != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.bad) {
+				t.Errorf("kvKey(%q) = %q, %v; want an error about %s", tc.path, key, err, tc.bad)
+			}
+			continue
+		}
+		if err != nil || key != tc.key {
+			t.Errorf("kvKey(%q) = %q, %v; want %q", tc.path, key, err, tc.key)
+		}
+	}
+}
+
+// FuzzKVKey: any path yields a key that, put back under the root, gives
+// the path again, or a 400 naming the path or key.
+func FuzzKVKey(f *testing.F) {
+	for _, p := range []string{"/v1/kv/a", "/v1/kv", "/v1/kv/", "/v1/kvx", "/v1/kv/\x00", "/v1/kv//x/"} {
+		f.Add(p)
+	}
+	f.Fuzz(func(t *testing.T, path string) {
+		key, err := kvKey(path, "/v1/kv")
+		if err != nil {
+			var br *badRequest
+			if !errors.As(err, &br) || (br.what != "path" && br.what != "key") {
+				t.Fatalf("kvKey(%q): %v", path, err)
+			}
+			return
+		}
+		if path != "/v1/kv" && "/v1/kv/"+key != path {
+			t.Fatalf("kvKey(%q) = %q does not round-trip", path, key)
+		}
+		if strings.ContainsRune(key, 0) {
+			t.Fatalf("kvKey(%q) = %q contains NUL", path, key)
+		}
+	})
+}
+
+func TestParseTokens(t *testing.T) {
+	good := `{"tokens": [{"token": "t1", "user": "alice", "password": "a"}, {"token": "t2", "user": "bob", "password": ""}]}`
+	tokens, err := parseTokens([]byte(good))
+	if err != nil || len(tokens) != 2 || tokens["t1"] != (Credentials{"alice", "a"}) {
+		t.Fatalf("parseTokens = %v %v", tokens, err)
+	}
+	for _, bad := range []struct{ data, want string }{
+		{`{"tokens": [{"token": "", "user": "a"}]}`, "empty token"},
+		{`{"tokens": [{"token": "t"}]}`, "without a user"},
+		{`{"tokens": [{"token": "t", "user": "a"}, {"token": "t", "user": "b"}]}`, "listed twice"},
+		{`{"tokens": [{"token": "t", "user": "a", "role": "x"}]}`, "unknown field"},
+		{`{"tokens": []} {}`, "trailing data"},
+		{`[1, 2]`, "not a tokens file"},
+		{``, "not a tokens file"},
+	} {
+		if _, err := parseTokens([]byte(bad.data)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("parseTokens(%q) = %v, want an error about %s", bad.data, err, bad.want)
+		}
+	}
+}
+
+// FuzzParseTokens: no file content crashes the parser; accepted files map
+// only non-empty tokens to named users.
+func FuzzParseTokens(f *testing.F) {
+	f.Add([]byte(`{"tokens": [{"token": "t1", "user": "alice", "password": "a"}]}`))
+	f.Add([]byte(`{"tokens": null}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		tokens, err := parseTokens(data)
+		if err != nil {
+			return
+		}
+		for tok, c := range tokens {
+			if tok == "" || c.User == "" {
+				t.Fatalf("accepted token %q for user %q", tok, c.User)
+			}
+		}
+	})
+}

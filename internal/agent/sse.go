@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/watchcache/watchcache"
@@ -39,7 +38,11 @@ func (a *Agent) handleWatch(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errMethod)
 		return
 	}
-	key := strings.TrimPrefix(r.URL.Path, "/v1/watch/kv/")
+	key, err := kvKey(r.URL.Path, "/v1/watch/kv")
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		a.writeError(w, r, badf("query", "%v", err))

@@ -15,6 +15,7 @@ type statusReport struct {
 	Hits     uint64  `json:"hits"`
 	Misses   uint64  `json:"misses"`
 	HitRatio float64 `json:"hit_ratio"`
+	Blocking int64   `json:"blocking_queries"`
 	Fetches  uint64  `json:"fetches"`
 	Failures uint64  `json:"fetch_failures"`
 	Upstream struct {
@@ -37,7 +38,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	st := a.cache.Stats()
 	rep := statusReport{
 		Entries: st.Entries, Watchers: st.Watchers, Hits: st.Hits, Misses: st.Misses,
-		Fetches: st.Fetches, Failures: st.Failures,
+		Fetches: st.Fetches, Failures: st.Failures, Blocking: a.blocked.Load(),
 	}
 	if total := st.Hits + st.Misses; total > 0 {
 		rep.HitRatio = float64(st.Hits) / float64(total)

@@ -141,7 +141,7 @@ func parseKVRequest(method, key string, q url.Values, h http.Header, datacenter 
 	r.token = q.Get("token")
 
 	switch method {
-	case http.MethodGet, http.MethodHead:
+	case http.MethodGet:
 		if r.recurse && r.keys {
 			return r, badf("query parameter", "\"recurse\" and \"keys\" are mutually exclusive")
 		}

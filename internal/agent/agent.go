@@ -45,8 +45,8 @@ const (
 	readHeaderTimeout = 10 * time.Second
 	maxHeaderBytes    = 64 << 10
 	idleTimeout       = 2 * time.Minute
-	// writeGrace is how long past its wait a blocking request may take to
-	// be written before the connection is cut.
+	// writeGrace is how long past its wait a read may take to be written
+	// before the connection is cut.
 	writeGrace = 30 * time.Second
 )
 

@@ -153,6 +153,9 @@ func serveRead[V any](a *Agent, w http.ResponseWriter, r *http.Request, kr kvReq
 	ctx := r.Context()
 	req.MinIndex, req.Timeout = kr.index, kr.wait
 	revalidate := kr.consistent || kr.cache.mustRevalidate
+	// A client that stops reading must not hold the handler: the answer is
+	// due by the end of the wait, and gets writeGrace to be written.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(kr.wait + writeGrace))
 
 	if kr.index > 0 {
 		a.blocked.Add(1)

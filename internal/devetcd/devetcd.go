@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -20,8 +21,9 @@ const readyTimeout = 60 * time.Second
 
 // Server is a running single-node etcd. The zero value is not usable.
 type Server struct {
-	e   *embed.Etcd
-	dir string
+	e       *embed.Etcd
+	dir     string
+	closing *atomic.Bool // set by Close: the logger drops what etcd says while it stops
 }
 
 // Start starts a single-node etcd serving clients on clientAddr
@@ -57,14 +59,15 @@ func Start(clientAddr string) (*Server, error) {
 	// fsync latency on every write.
 	cfg.UnsafeNoFsync = true
 	cfg.Logger = "zap"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(errorsToStderr())
+	closing := new(atomic.Bool)
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(errorsToStderr(closing))
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("devetcd: starting etcd on %s: %w", clientAddr, err)
 	}
-	s := &Server{e: e, dir: dir}
+	s := &Server{e: e, dir: dir, closing: closing}
 	select {
 	case <-e.Server.ReadyNotify():
 		return s, nil
@@ -92,6 +95,7 @@ func (s *Server) Err() <-chan error { return s.e.Err() }
 
 // Close stops the node and removes its data.
 func (s *Server) Close() error {
+	s.closing.Store(true)
 	s.e.Close()
 	<-s.e.Server.StopNotify()
 	return os.RemoveAll(s.dir)
@@ -107,9 +111,29 @@ func freeAddr(host string) (string, error) {
 	return l.Addr().String(), nil
 }
 
-// errorsToStderr is a logger for etcd that keeps only errors.
-func errorsToStderr() *zap.Logger {
+// errorsToStderr is a logger for etcd that keeps only errors, and none
+// once closing is set: a normal stop of an embedded etcd logs errors such
+// as "setting up serving from embedded etcd failed ... server closed"
+// (etcd-io/etcd#17424), which would make every clean exit look broken.
+func errorsToStderr(closing *atomic.Bool) *zap.Logger {
 	enc := zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
 	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zapcore.ErrorLevel)
-	return zap.New(core)
+	return zap.New(quietWhenClosing{core, closing})
+}
+
+// quietWhenClosing drops every entry once closing is set.
+type quietWhenClosing struct {
+	zapcore.Core
+	closing *atomic.Bool
+}
+
+func (q quietWhenClosing) With(fields []zapcore.Field) zapcore.Core {
+	return quietWhenClosing{q.Core.With(fields), q.closing}
+}
+
+func (q quietWhenClosing) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if q.closing.Load() {
+		return ce
+	}
+	return q.Core.Check(e, ce)
 }

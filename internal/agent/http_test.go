@@ -373,3 +373,23 @@ func TestStatusAndMetrics(t *testing.T) {
 		t.Fatalf("status with etcd down = %+v", st.Upstream)
 	}
 }
+
+// A stream opened right after a PUT starts at (or after) that write: the
+// stream reads its entry with read-your-writes first.
+func TestSSEAfterWrite(t *testing.T) {
+	ta := startAgent(t)
+	ta.do(t, "PUT", "/v1/kv/p/k", strings.NewReader("v0"))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	nextEvent(t, ta.sse(t, ctx, "/v1/watch/kv/p/?recurse")) // the prefix entry is cached and watched
+	for i := 1; i <= 100; i++ {
+		want := fmt.Sprint("v", i)
+		ta.do(t, "PUT", "/v1/kv/p/k", strings.NewReader(want))
+		sctx, scancel := context.WithCancel(ctx)
+		ev := nextEvent(t, ta.sse(t, sctx, "/v1/watch/kv/p/?recurse"))
+		scancel()
+		if !strings.Contains(ev.data, base64(want)) {
+			t.Fatalf("stream opened after PUT %s began with %s", want, ev.data)
+		}
+	}
+}

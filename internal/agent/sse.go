@@ -80,9 +80,9 @@ func (a *Agent) handleWatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if recurse {
-		streamEvents(a, w, r, a.kinds.Prefix, etcdkv.PrefixRequest(key, p), since, renderPrefix)
+		streamEvents(a, w, r, a.kinds.Prefix, a.kinds.GetPrefix, etcdkv.PrefixRequest(key, p), since, renderPrefix)
 	} else {
-		streamEvents(a, w, r, a.kinds.Key, etcdkv.KeyRequest(key, p), since, renderKey(false))
+		streamEvents(a, w, r, a.kinds.Key, a.kinds.GetKey, etcdkv.KeyRequest(key, p), since, renderKey(false))
 	}
 }
 
@@ -91,9 +91,17 @@ func (a *Agent) handleWatch(w http.ResponseWriter, r *http.Request) {
 // handler's goroutine (owned by net/http) is the stream's only goroutine;
 // the cache delivers to it through a one-slot channel, so a slow client
 // gets the latest state when it catches up, never a backlog.
-func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind *watchcache.Kind[V], req watchcache.Request, since uint64, render func(V) view) {
+func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind *watchcache.Kind[V], read reader[V], req watchcache.Request, since uint64, render func(V) view) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
+	// Read once as a GET does, with read-your-writes: the entry then
+	// reflects every write this agent acknowledged, so the stream's first
+	// event is never older than a PUT the client just made. It also
+	// answers a refused request with 403 before the stream begins.
+	if _, _, err := read(ctx, req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	events := make(chan watchcache.UpdateEvent[V], 1)
 	req.MinIndex = since
 	if err := kind.Notify(ctx, req, "", events); err != nil {

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/watchcache/watchcache/internal/agent"
+	"github.com/watchcache/watchcache/internal/devetcd"
+)
+
+// Defaults of the agent's flags.
+const (
+	defaultHTTPAddr        = "127.0.0.1:8500" // Consul's port, on loopback only
+	defaultDevEtcdAddr     = "127.0.0.1:2379" // etcd's port, so etcdctl works as is
+	defaultDatacenter      = "dc1"
+	defaultShutdownTimeout = 30 * time.Second
+)
+
+// agentOptions is the agent's configuration from its flags and environment.
+type agentOptions struct {
+	httpAddr        string
+	dev             bool
+	devEtcdAddr     string
+	etcd            []string
+	etcdUsername    string
+	etcdPassword    string
+	tokensFile      string
+	tokens          map[string]agent.Credentials // loaded from tokensFile
+	logLevel        slog.Level
+	entryFetchRate  float64
+	entryFetchBurst int
+	maxEntries      int
+	datacenter      string
+	shutdownTimeout time.Duration
+}
+
+const agentAbout = `Runs the agent: Consul's KV HTTP API (/v1/kv/), an event stream of
+changes (/v1/watch/kv/), /v1/status and /metrics, served from one shared
+cache in front of etcd. Give either -dev or -etcd.
+
+  -dev    starts a single-node etcd inside the agent, with its data in a
+          temporary directory that is removed on exit. etcdctl works against
+          it on -dev-etcd-addr.
+  -etcd   fronts an existing etcd cluster.
+
+The agent stops cleanly on SIGINT or SIGTERM.`
+
+// parseAgentOptions parses the agent's flags and environment. ok false
+// means stop with status code (help printed, or a usage error).
+func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(string) string) (o agentOptions, code int, ok bool) {
+	o = agentOptions{
+		httpAddr:        defaultHTTPAddr,
+		devEtcdAddr:     defaultDevEtcdAddr,
+		logLevel:        slog.LevelInfo,
+		datacenter:      defaultDatacenter,
+		shutdownTimeout: defaultShutdownTimeout,
+	}
+	c := newCommand("agent", "(-dev | -etcd host:port,...) [options]", agentAbout, stderr)
+	fs := c.fs
+	fs.Var(listenAddrValue{&o.httpAddr}, "http-addr", "`host:port` (or http://host:port) of the HTTP API; keep it on loopback unless\nthe network is trusted: the API has no TLS")
+	fs.BoolVar(&o.dev, "dev", false, "run a throwaway embedded etcd (development)")
+	fs.Var(hostPortValue{&o.devEtcdAddr}, "dev-etcd-addr", "`host:port` of the embedded etcd's clients with -dev")
+	fs.Var(listValue{&o.etcd}, "etcd", "comma-separated `endpoints` of an etcd cluster")
+	fs.StringVar(&o.etcdUsername, "etcd-username", "", "the agent's own etcd `user` (empty: anonymous)")
+	fs.StringVar(&o.etcdPassword, "etcd-password", "", "the agent's own etcd `password`; prefer the variable")
+	fs.StringVar(&o.tokensFile, "tokens", "", "`file` mapping X-Consul-Token values to etcd users:\n{\"tokens\": [{\"token\": ..., \"user\": ..., \"password\": ...}]}")
+	fs.Var(levelValue{&o.logLevel}, "log-level", "log `level`: debug, info, warn or error")
+	fs.Var(floatValue{&o.entryFetchRate}, "entry-fetch-rate", "etcd fetches per second allowed per cache entry, a `number` (0: no limit)")
+	fs.Var(intValue{&o.entryFetchBurst}, "entry-fetch-burst", "`number` of fetches a cache entry may make at once under -entry-fetch-rate (0: 2)")
+	fs.Var(intValue{&o.maxEntries}, "max-entries", "most cache `entries`; the least recently used unwatched ones are evicted (0: no bound)")
+	fs.StringVar(&o.datacenter, "datacenter", defaultDatacenter, "`name` of the datacenter the agent answers ?dc= for")
+	fs.Var(durationValue{&o.shutdownTimeout}, "shutdown-timeout", "`duration` open requests may take to finish on shutdown")
+	c.withEnv("http-addr", "dev", "dev-etcd-addr", "etcd", "etcd-username", "etcd-password", "tokens",
+		"log-level", "entry-fetch-rate", "entry-fetch-burst", "max-entries", "datacenter", "shutdown-timeout")
+
+	if code, ok := c.parse(args, stdout, getenv); !ok {
+		return o, code, false
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, c.usageErrorf("unexpected argument %q", fs.Arg(0)), false
+	case o.dev && len(o.etcd) > 0:
+		return o, c.usageErrorf("%s and %s cannot be used together: -dev runs its own etcd", c.source("dev"), c.source("etcd")), false
+	case !o.dev && len(o.etcd) == 0:
+		return o, c.usageErrorf("no etcd: give -dev to run a throwaway embedded etcd, or -etcd host:port,... to use a cluster"), false
+	case !o.dev && c.isSet("dev-etcd-addr"):
+		return o, c.usageErrorf("%s is for -dev", c.source("dev-etcd-addr")), false
+	case o.datacenter == "":
+		return o, c.usageErrorf("%s is empty", c.source("datacenter")), false
+	}
+	if o.tokensFile != "" {
+		tokens, err := agent.LoadTokens(o.tokensFile)
+		if err != nil {
+			return o, c.usageErrorf("%s: %v", c.source("tokens"), err), false
+		}
+		o.tokens = tokens
+	}
+	return o, exitOK, true
+}
+
+// runAgent runs the agent until ctx ends, and returns its exit status.
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	o, code, ok := parseAgentOptions(args, stdout, stderr, getenv)
+	if !ok {
+		return code
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	if err := serveAgent(ctx, o, stdout, log); err != nil {
+		fmt.Fprintf(stderr, "Error! %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+// serveAgent starts the agent (and in -dev mode its etcd), serves until ctx
+// ends or something fails, and stops everything in reverse order: the
+// agent first, with a bounded wait for open requests, then the embedded
+// etcd, which the agent needs until its last request is answered.
+func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog.Logger) (err error) {
+	// Listen first: a port in use is the most likely failure, and it is
+	// cheaper to find out before etcd starts.
+	ln, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP API: %w", err)
+	}
+	served := false // once Serve has the listener, Shutdown closes it
+	defer func() {
+		if !served {
+			ln.Close()
+		}
+	}()
+	if !isLoopback(ln.Addr()) {
+		log.Warn("the HTTP API is reachable from other machines, without TLS", "addr", ln.Addr().String())
+	}
+
+	endpoints := o.etcd
+	where := "etcd " + strings.Join(endpoints, ",")
+	var storeErr <-chan error // the embedded etcd's failures; without -dev nil, which never receives
+	if o.dev {
+		log.Info("starting the embedded etcd", "addr", o.devEtcdAddr)
+		dev, derr := devetcd.Start(o.devEtcdAddr)
+		if derr != nil {
+			return derr
+		}
+		// Deferred before the agent exists, so it runs after the agent's
+		// Shutdown: the agent needs etcd until its last request is answered.
+		defer func() {
+			if cerr := dev.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("stopping the embedded etcd: %w", cerr)
+			}
+			log.Info("embedded etcd stopped")
+		}()
+		endpoints, storeErr = dev.Endpoints(), dev.Err()
+		where = "embedded etcd on " + strings.Join(endpoints, ",") + " (dev: data removed on exit)"
+	}
+	if ctx.Err() != nil { // interrupted while etcd started, which cannot be cut short
+		return nil
+	}
+
+	a, err := agent.New(agent.Config{
+		Datacenter:      o.datacenter,
+		EtcdEndpoints:   endpoints,
+		EtcdUsername:    o.etcdUsername,
+		EtcdPassword:    o.etcdPassword,
+		Tokens:          o.tokens,
+		EntryFetchRate:  rate.Limit(o.entryFetchRate),
+		EntryFetchBurst: o.entryFetchBurst,
+		MaxEntries:      o.maxEntries,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1) // the Serve goroutine sends once
+	served = true
+	go func() { serveErr <- a.Serve(ln) }()
+	fmt.Fprintf(stdout, "watchcache agent: HTTP API on http://%s, %s\n", ln.Addr(), where)
+
+	var failure error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-serveErr:
+		failure = fmt.Errorf("HTTP API: %w", err)
+		serveErr = nil
+	case err := <-storeErr:
+		if err == nil { // embed sends a serving loop's nil error too
+			err = errors.New("it stopped serving")
+		}
+		failure = fmt.Errorf("embedded etcd failed: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer cancel()
+	if err := a.Shutdown(sctx); err != nil && failure == nil {
+		failure = fmt.Errorf("shutdown: %w", err)
+	}
+	if serveErr != nil {
+		// Serve returns as soon as Shutdown has closed the listener.
+		if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) && failure == nil {
+			failure = fmt.Errorf("HTTP API: %w", err)
+		}
+	}
+	log.Info("agent stopped")
+	return failure
+}
+
+// isLoopback reports whether addr is a loopback address.
+func isLoopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
+}

@@ -1,0 +1,91 @@
+// Command watchcache runs the watchcache agent, which serves Consul's KV
+// HTTP API from a cache in front of etcd, and talks to a running agent
+// like the tools users already know (consul kv, etcdctl watch).
+//
+//	watchcache agent -dev          # embedded etcd on 127.0.0.1:2379, API on 127.0.0.1:8500
+//	watchcache kv put app/db postgres
+//	watchcache kv get app/db
+//	watchcache watch app/db
+//
+// Every subcommand is a function of its arguments, output streams,
+// environment and context (run), so that tests drive it in-process; only
+// main touches the process's signals, environment and exit status.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitError = 1 // the command failed: the agent refused, could not be reached, ...
+	exitUsage = 2 // bad flags, arguments or environment variables
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first signal, restore the default handling so that a
+	// second one kills a shutdown that hangs.
+	context.AfterFunc(ctx, stop)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// run runs the command line args (without the program name) and returns
+// the exit status. Cancelling ctx is the in-process equivalent of SIGINT:
+// the agent shuts down cleanly and watch ends with status 0. getenv looks
+// up WATCHCACHE_* variables.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) == 0 {
+		io.WriteString(stderr, usage)
+		return exitUsage
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "agent":
+		return runAgent(ctx, rest, stdout, stderr, getenv)
+	case "kv":
+		return runKV(ctx, rest, stdout, stderr, getenv)
+	case "watch":
+		return runWatch(ctx, rest, stdout, stderr, getenv)
+	case "help", "-h", "-help", "--help":
+		if len(rest) > 0 { // "help kv get" is "kv get -h"
+			return run(ctx, append(rest, "-h"), stdout, stderr, getenv)
+		}
+		io.WriteString(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "watchcache: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+}
+
+const usage = `Usage: watchcache <command> [options] [arguments]
+
+watchcache serves Consul's KV HTTP API from a shared cache in front of etcd,
+and reads, writes and watches keys through a running agent.
+
+Commands:
+  agent        run the agent (-dev: with a throwaway embedded etcd)
+  kv get       print a key's value, or every key under a prefix (-recurse)
+  kv put       write a key
+  kv delete    delete a key, or every key under a prefix (-recurse)
+  watch        print a key's (or a prefix's) changes as they happen
+  help         print this help, or a command's: watchcache help kv get
+
+Getting started:
+  watchcache agent -dev                # etcd on 127.0.0.1:2379, API on 127.0.0.1:8500
+  watchcache kv put app/db postgres
+  watchcache kv get app/db
+  watchcache watch app/db              # Ctrl-C to stop
+
+Run 'watchcache <command> -h' for a command's options. Each option can also
+be set in the environment: -http-addr as WATCHCACHE_HTTP_ADDR, and so on.
+A flag on the command line wins over its variable.
+`

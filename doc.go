@@ -30,14 +30,16 @@
 // Readers load it without locks: a Get hit takes a shard read lock for the
 // map lookup and nothing else. Writers (the entry's loop, Prepopulate)
 // replace the snapshot as a whole under entry.mu, then wake waiters by
-// closing entry.changed and installing a new channel ("publish, then wake",
-// as go-memdb's watch channels and Consul's Waiter do).
+// closing entry.changed ("publish, then wake", as go-memdb's watch channels
+// and Consul's Waiter do); the next waiter makes a new channel.
 //
 // Entry loop. An entry has at most one goroutine, its loop, started by
 // whoever first gives it a reason to fetch (a Get that needs data, a
 // watcher, Prepopulate of a refresh kind) and owned by the entry, never by
-// that caller: fetches run under a context derived from the cache's, so a
-// cancelled caller cannot freeze an entry that others wait on. The loop
+// that caller: each fetch runs under its own context derived from the
+// cache's, so a cancelled caller cannot freeze an entry that others wait
+// on; the entry cancels that context itself when nothing needs the result
+// (evicted, idle, or preempted by a Get that needs the value now). The loop
 // exits when it has no reason to run, which is decided in one place,
 // entry.nextFetchLocked:
 //
@@ -85,22 +87,23 @@
 //	entry.mu      the entry's fields, its watchers and their delivery flags
 //	shard.mu      a kind's map; taken under entry.mu to remove an evicted
 //	              entry, never held while taking entry.mu
-//	deliverer.mu, callbackPool.mu, expiry.mu
+//	deliverer.mu, callbackPool.mu, expiry.mu, ctxWatches.mu
 //	Cache.mu      kinds and the closed flags; its read side is taken last
 //	              (under any of the above) to start a goroutine
 //
 // Goroutines, each joined to Cache.wg: entry loops; the expiry loop; the
 // deliverer while any channel watcher is parked; callback workers while
 // callbacks are queued. The only goroutines the cache does not own are the
-// short ones context.AfterFunc starts to remove a watcher whose context was
-// cancelled.
+// short ones context.AfterFunc starts to remove the watchers of a context
+// that was cancelled (one AfterFunc per distinct context, ctxwatch.go).
 //
 // Cancellation. A caller's context bounds only that caller's wait. Watchers
-// end when their context is cancelled (context.AfterFunc removes them) or the
-// cache closes. Close is a broadcast and a wait: it marks the cache closed,
-// cancels the context every fetch runs under, wakes every waiting Get
+// end when their context is cancelled or the cache closes. Close is a
+// broadcast and a wait: it marks the cache closed, cancels the context
+// every fetch runs under, wakes every waiting Get and entry loop
 // (Cache.done), gives every channel watcher a final event carrying
 // ErrClosed (callbacks get none: a callback that talks to the goroutine
-// calling Close would deadlock it), and waits for Cache.wg. Fetch functions and callbacks must return once their
-// context is cancelled; Close waits for them.
+// calling Close would deadlock it), and waits for Cache.wg. Fetch
+// functions and callbacks must return once their context is cancelled;
+// Close waits for them.
 package watchcache

@@ -151,8 +151,10 @@ func (c *Cache) Close() error {
 	c.closed = true
 	c.mu.Unlock()
 
-	c.cancel()
+	// done first: a fetch that returns because of the cancel must find the
+	// cache closed and discard its context.Canceled, not publish it.
 	close(c.done)
+	c.cancel()
 	c.watches.close()
 	for _, k := range c.kindList() {
 		k.closeAll()

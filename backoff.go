@@ -30,12 +30,3 @@ func backoff(failures int) time.Duration {
 	}
 	return d/2 + rand.N(d/2+1)
 }
-
-// pollJitter returns a random extra wait of up to interval/16, so that
-// polling watchers started together do not poll the source together.
-func pollJitter(interval time.Duration) time.Duration {
-	if interval < 16 {
-		return 0
-	}
-	return rand.N(interval / 16)
-}

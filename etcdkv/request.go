@@ -134,14 +134,6 @@ func (sp spec) end() string {
 	return clientv3.GetPrefixRangeEnd(sp.key)
 }
 
-// covers reports whether key lies in sp's range.
-func (sp spec) covers(key string) bool {
-	if sp.isRange() {
-		return strings.HasPrefix(key, sp.key)
-	}
-	return key == sp.key
-}
-
 // keysOnly reports whether sp needs no values (the keys kind).
 func (sp spec) keysOnly() bool { return sp.kind == kindKeys }
 

@@ -204,7 +204,9 @@ func TestWatchErrors(t *testing.T) {
 			http.Error(w, `bad query parameter: unknown parameter "x"`, http.StatusBadRequest)
 		},
 			[]string{`the agent answered 400 Bad Request: bad query parameter: unknown parameter "x"`}},
-		{"503 before the first stream", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "agent is shutting down", 503) },
+		{"503 before the first stream", func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "agent is shutting down", http.StatusServiceUnavailable)
+		},
 			[]string{"503 Service Unavailable: agent is shutting down"}},
 		{"error event ends the stream", sendEvents(false, "id: 3\nevent: kv\ndata: []\n\n",
 			"event: error\ndata: {\"error\":\"Permission denied: etcdserver: permission denied\"}\n\n"),

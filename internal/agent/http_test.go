@@ -301,8 +301,8 @@ func base64(s string) string {
 // ends event streams.
 func TestShutdownAnswersBlockingQueries(t *testing.T) {
 	ta := startAgent(t)
-	resp, _ := ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("v"))
-	resp, _ = ta.do(t, "GET", "/v1/kv/k", nil)
+	ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("v"))
+	resp, _ := ta.do(t, "GET", "/v1/kv/k", nil)
 	idx := index(t, resp)
 	answered := make(chan string, 1)
 	go func() {

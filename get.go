@@ -94,22 +94,20 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 		timeoutC = t.C
 	}
 	w := getWait{first: true}
+	var cur *entry[V]
 	for {
-		e, err := k.entryFor(ek)
+		e, err := k.lockEntry(ek)
 		if err != nil {
 			var zero V
 			return zero, ResultMeta{}, err
 		}
 		e.markUsed()
-		e.mu.Lock()
-		if e.evicted {
-			e.mu.Unlock()
-			w = getWait{first: w.first} // a new entry: its attempts count anew
-			continue
-		}
 		s := e.snap.Load()
-		if w.first {
-			w.startCompleted = e.completed
+		if e != cur {
+			// The first entry, or one that replaced an evicted one: the
+			// Get's view of attempts and resets starts here.
+			cur = e
+			w = getWait{first: w.first, startCompleted: e.completed}
 			if s != nil {
 				w.startResets = s.resets
 			}
@@ -252,23 +250,15 @@ func (k *Kind[V]) Prepopulate(req Request, res FetchResult[V]) error {
 	if req.Key == "" {
 		return invalidf("Prepopulate on kind %q needs a key", k.name)
 	}
-	ek := entryKey{req.Partition, req.Key}
-	for {
-		e, err := k.entryFor(ek)
-		if err != nil {
-			return err
-		}
-		e.mu.Lock()
-		if e.evicted {
-			e.mu.Unlock()
-			continue
-		}
-		now := time.Now()
-		e.publishLocked(e.completed, now, now, res, nil)
-		if k.opts.Refresh {
-			e.ensureLoopLocked()
-		}
-		e.mu.Unlock()
-		return nil
+	e, err := k.lockEntry(entryKey{req.Partition, req.Key})
+	if err != nil {
+		return err
 	}
+	defer e.mu.Unlock()
+	now := time.Now()
+	e.publishLocked(e.completed, now, now, res, nil)
+	if k.opts.Refresh {
+		e.ensureLoopLocked()
+	}
+	return nil
 }

@@ -186,6 +186,24 @@ func (k *Kind[V]) entryFor(ek entryKey) (*entry[V], error) {
 	return e, nil
 }
 
+// lockEntry returns the entry for ek, created if needed, with its mu held.
+// An entry evicted between the lookup and the lock is gone from the map by
+// then (eviction removes it under its lock), so the next lookup finds or
+// makes its successor.
+func (k *Kind[V]) lockEntry(ek entryKey) (*entry[V], error) {
+	for {
+		e, err := k.entryFor(ek)
+		if err != nil {
+			return nil, err
+		}
+		e.mu.Lock()
+		if !e.evicted {
+			return e, nil
+		}
+		e.mu.Unlock()
+	}
+}
+
 // remove deletes e from its shard if it is still the entry for its key.
 func (k *Kind[V]) remove(e *entry[V]) bool {
 	s := k.shardFor(e.key.key)

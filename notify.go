@@ -57,33 +57,25 @@ func (k *Kind[V]) watch(ctx context.Context, req Request, w *watcher[V]) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ek := entryKey{req.Partition, req.Key}
-	for {
-		e, err := k.entryFor(ek)
-		if err != nil {
-			return err
-		}
-		e.mu.Lock()
-		if e.evicted {
-			e.mu.Unlock()
-			continue // evicted between lookup and lock; a new entry takes its place
-		}
-		w.e = e
-		e.attachLocked(w)
-		if s := e.snap.Load(); s != nil {
-			if req.MinIndex > 0 && k.opts.SupportsBlocking && !s.satisfies(req.MinIndex) && s.err == nil {
-				w.version = s.version // the caller has this one; start after it
-			}
-			if w.version < s.version {
-				w.offerLocked(s, e.eventLocked(s))
-			}
-		}
-		e.ensureLoopLocked()
-		e.kickLocked()
-		e.mu.Unlock()
-		k.c.watches.add(ctx, w)
-		return nil
+	e, err := k.lockEntry(entryKey{req.Partition, req.Key})
+	if err != nil {
+		return err
 	}
+	w.e = e
+	e.attachLocked(w)
+	if s := e.snap.Load(); s != nil {
+		if req.MinIndex > 0 && k.opts.SupportsBlocking && !s.satisfies(req.MinIndex) && s.err == nil {
+			w.version = s.version // the caller has this one; start after it
+		}
+		if w.version < s.version {
+			w.offerLocked(s, e.eventLocked(s))
+		}
+	}
+	e.ensureLoopLocked()
+	e.kickLocked()
+	e.mu.Unlock()
+	k.c.watches.add(ctx, w)
+	return nil
 }
 
 // watcher is one Notify or NotifyCallback. It is data, not a goroutine: the

@@ -34,14 +34,9 @@ func pairOf(kv etcdkv.KeyValue) kvPair {
 // handleKV serves /v1/kv/<key>: GET reads through the cache, PUT and
 // DELETE write through to etcd.
 func (a *Agent) handleKV(w http.ResponseWriter, r *http.Request) {
-	key, err := kvKey(r.URL.Path, "/v1/kv")
+	key, q, err := keyAndQuery(r, "/v1/kv")
 	if err != nil {
 		a.writeError(w, r, err)
-		return
-	}
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		a.writeError(w, r, badf("query", "%v", err))
 		return
 	}
 	kr, err := parseKVRequest(r.Method, key, q, r.Header, a.cfg.Datacenter)
@@ -69,6 +64,20 @@ func (a *Agent) handleKV(w http.ResponseWriter, r *http.Request) {
 	case http.MethodDelete:
 		a.delete(w, r, kr, p)
 	}
+}
+
+// keyAndQuery returns the key a request's path names under root, and its
+// query.
+func keyAndQuery(r *http.Request, root string) (string, url.Values, error) {
+	key, err := kvKey(r.URL.Path, root)
+	if err != nil {
+		return "", nil, err
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return "", nil, badf("query", "%v", err)
+	}
+	return key, q, nil
 }
 
 // kvKey returns the key named by a request path under root ("/v1/kv" or

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
 	"time"
 
@@ -38,14 +37,9 @@ func (a *Agent) handleWatch(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, errMethod)
 		return
 	}
-	key, err := kvKey(r.URL.Path, "/v1/watch/kv")
+	key, q, err := keyAndQuery(r, "/v1/watch/kv")
 	if err != nil {
 		a.writeError(w, r, err)
-		return
-	}
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		a.writeError(w, r, badf("query", "%v", err))
 		return
 	}
 	for name := range q {

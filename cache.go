@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 
@@ -201,48 +200,6 @@ func (c *Cache) goTracked(f func()) bool {
 		f()
 	}()
 	return true
-}
-
-// victim is what capacity eviction needs of an entry of any kind.
-type victim interface {
-	// lastUse returns the entry's last use on Cache.useClock and whether
-	// it may be evicted now (no watchers, no waiting Gets).
-	lastUse() (uint64, bool)
-	evict(reason string)
-}
-
-// evictSample is how many entries capacity eviction compares. Redis finds
-// 5 to 10 close enough to true LRU; more costs time on the creating Get.
-const evictSample = 16
-
-// evictForCapacity evicts the least recently used evictable entry among a
-// sample, never keep (the entry being created).
-func (c *Cache) evictForCapacity(keep victim) {
-	kinds := c.kindList()
-	if len(kinds) == 0 {
-		return
-	}
-	var (
-		best     victim
-		bestUsed uint64
-	)
-	visit := func(v victim) {
-		if v == keep {
-			return
-		}
-		used, ok := v.lastUse()
-		if ok && (best == nil || used < bestUsed) {
-			best, bestUsed = v, used
-		}
-	}
-	seen := 0
-	first := rand.IntN(len(kinds))
-	for i := 0; i < len(kinds) && seen < evictSample; i++ {
-		seen += kinds[(first+i)%len(kinds)].sample(rand.IntN(numShards), evictSample-seen, visit)
-	}
-	if best != nil {
-		best.evict("capacity")
-	}
 }
 
 // closeState closes s if it is an io.Closer, logging failures.

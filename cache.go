@@ -155,10 +155,10 @@ func (c *Cache) Close() error {
 	close(c.done)
 	c.cancel()
 	c.watches.close()
+	c.deliver.stop() // queues stop sending before watchers get their final event
 	for _, k := range c.kindList() {
 		k.closeAll()
 	}
-	c.deliver.stop()
 
 	c.mu.Lock()
 	c.noSpawn = true

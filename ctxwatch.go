@@ -16,16 +16,23 @@ type ctxWatches struct {
 	closed bool
 }
 
+// ctxWatch is a watch as ctxWatches sees it.
+type ctxWatch interface {
+	remove()    // end the watch: its context was cancelled
+	gone() bool // the watch already ended for another reason
+}
+
 // ctxGroup is the watches of one context.
 type ctxGroup struct {
 	stop func() bool // stops the AfterFunc
-	ws   []interface{ remove() }
+	ws   []ctxWatch
+	dead int // watches in ws that ended for another reason (forget)
 }
 
 // add arranges for w.remove to be called when ctx is cancelled. A context
 // that is never cancelled (Done is nil) needs nothing: the watch ends with
 // the cache.
-func (cw *ctxWatches) add(ctx context.Context, w interface{ remove() }) {
+func (cw *ctxWatches) add(ctx context.Context, w ctxWatch) {
 	done := ctx.Done()
 	if done == nil {
 		return
@@ -61,6 +68,34 @@ func (cw *ctxWatches) cancelled(done <-chan struct{}) {
 	for _, w := range g.ws {
 		w.remove()
 	}
+}
+
+// forget notes that a watch of the context whose Done channel is done
+// ended for another reason (its channel was closed). Once more than half
+// of a group has ended, the group drops them, so that a long-lived
+// context does not keep ended watches, and their entries, reachable.
+// It may be called with the watch's entry locked.
+func (cw *ctxWatches) forget(done <-chan struct{}) {
+	if done == nil {
+		return
+	}
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	g := cw.groups[done]
+	if g == nil {
+		return
+	}
+	if g.dead++; 2*g.dead <= len(g.ws) {
+		return
+	}
+	live := g.ws[:0]
+	for _, w := range g.ws {
+		if !w.gone() {
+			live = append(live, w)
+		}
+	}
+	clear(g.ws[len(live):])
+	g.ws, g.dead = live, 0
 }
 
 // close stops every AfterFunc; the cache ends the watches itself.

@@ -63,36 +63,57 @@
 //
 // Watchers are data, not goroutines. A watcher is a small struct in its
 // entry's watcher list with the snapshot version it last received. After
-// each publish the loop walks the list with non-blocking sends. A channel
-// whose send would block is "parked" with the cache's deliverer, a single
-// goroutine that exists only while some watcher is parked and waits on all
-// parked channels at once (reflect.Select); when it sends it reads the
-// entry's latest snapshot, so a slow consumer holds no queue, only a flag,
-// and gets the latest value when it drains. Callbacks run on a small bounded
-// worker pool, one call at a time per watcher, with panics recovered.
+// each publish the loop walks the list with non-blocking sends
+// (notify.go). A watcher whose send would block is "parked" in the queue
+// of its channel (delivery.go): a channel is one send target however many
+// watches share it, and its queue is a FIFO of the watches waiting for it,
+// linked through the watchers themselves. Each queue has one goroutine,
+// which exists only while the queue is not empty and waits on that channel
+// alone: it sends the head watcher its entry's latest event, then the
+// next. A publish while it waits makes the pending send stale (the queue's
+// wake channel), so a parked watcher's next receive is always the latest
+// value, and a slow consumer holds no events, only its place in the queue.
+// Delivery costs O(1) per watcher per change whatever the mix of slow,
+// late, unbuffered and shared channels, and watches sharing a channel are
+// served in the order it frees up (Consul's proxycfg shares one channel
+// between thousands). The price is one goroutine (a few KB) per blocked
+// channel while it is blocked; at rest there is none. A closed channel
+// makes a send panic: it is recovered (once per fan-out, not per send) and
+// ends that watch. Callbacks run on a small bounded worker pool, one call
+// at a time per watcher, with panics recovered, and never after the
+// watch's context is cancelled.
 //
-// Eviction. A Get hit marks the entry used with an atomic flag, written
-// only by the first hit after each check, and reads no clock. The expiry
-// loop keeps a heap of idle entries by the time of their next check (every
-// LastGetTTL/16): a check clears the flag, records the entry as seen if it
-// was set, and evicts entries not seen for LastGetTTL. Watched entries and
-// entries with waiting Gets are not evictable and are queued again when
-// that ends. An optional MaxEntries bound evicts the least recently used
-// unwatched entry among a sample, like Redis' approximated LRU, so a flood
-// of one-off partitions (token rotation) keeps memory flat without a lock
-// on every hit.
+// Blocking Gets are registered on their entry (entry.blockers) while they
+// wait, with what would answer them. A publish that answers one removes it
+// at once, so that the loop, deciding its next fetch before the Get's
+// goroutine runs, does not fetch again for a caller that is leaving.
+//
+// Eviction (evict.go, expiry.go). A Get hit marks the entry used with an
+// atomic flag, written only by the first hit after each check, and reads
+// no clock. The expiry loop keeps a heap of idle entries by the time of
+// their next check (every LastGetTTL/16): a check clears the flag, records
+// the entry as seen if it was set, and evicts entries not seen for
+// LastGetTTL. Watched entries and entries with waiting Gets are not
+// evictable and are queued again when that ends. An optional MaxEntries
+// bound evicts the least recently used unwatched entry among a sample,
+// like Redis' approximated LRU, and takes it out of the heap at once, so a
+// flood of one-off partitions (token rotation) keeps memory flat without a
+// lock on every hit. State that is an io.Closer is closed after entry.mu
+// is released: a slow Close must not stall Gets or deliveries.
 //
 // Locks, in the order they may be taken:
 //
 //	entry.mu      the entry's fields, its watchers and their delivery flags
 //	shard.mu      a kind's map; taken under entry.mu to remove an evicted
 //	              entry, never held while taking entry.mu
-//	deliverer.mu, callbackPool.mu, expiry.mu, ctxWatches.mu
+//	deliverer.mu  the channel queues and their links; taken under entry.mu
+//	              (a queue's goroutine takes its head's entry.mu first)
+//	callbackPool.mu, expiry.mu, ctxWatches.mu
 //	Cache.mu      kinds and the closed flags; its read side is taken last
 //	              (under any of the above) to start a goroutine
 //
-// Goroutines, each joined to Cache.wg: entry loops; the expiry loop; the
-// deliverer while any channel watcher is parked; callback workers while
+// Goroutines, each joined to Cache.wg: entry loops; the expiry loop; one
+// per channel queue while its channel is blocked; callback workers while
 // callbacks are queued. The only goroutines the cache does not own are the
 // short ones context.AfterFunc starts to remove the watchers of a context
 // that was cancelled (one AfterFunc per distinct context, ctxwatch.go).
@@ -101,9 +122,10 @@
 // end when their context is cancelled or the cache closes. Close is a
 // broadcast and a wait: it marks the cache closed, cancels the context
 // every fetch runs under, wakes every waiting Get and entry loop
-// (Cache.done), gives every channel watcher a final event carrying
-// ErrClosed (callbacks get none: a callback that talks to the goroutine
-// calling Close would deadlock it), and waits for Cache.wg. Fetch
+// (Cache.done) and every channel queue (its wake channel), gives every
+// channel watcher a final event carrying ErrClosed (callbacks get none: a
+// callback that talks to the goroutine calling Close would deadlock it),
+// and waits for Cache.wg. Fetch
 // functions and callbacks must return once their context is cancelled;
 // Close waits for them.
 package watchcache

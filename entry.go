@@ -77,21 +77,27 @@ type entry[V any] struct {
 	fatal     bool      // the last attempt failed fatally: no background fetches
 
 	waiting int // Gets waiting on this entry
-	blocked int // of which blocking on an index
+	// blockers are the Gets blocking on an index that the entry's state
+	// has not answered yet. A publish that answers one removes it at once,
+	// before its goroutine wakes, so that a Get already answered is no
+	// reason to fetch again.
+	blockers []*getWait
 
 	watchers []*watcher[V]
 	maxAges  map[time.Duration]int // polling watchers' MaxAge, counted
 
-	queued  bool // in the expiry heap
+	queued  bool // in the expiry heap, or being checked by the expiry loop
+	heapIdx int  // position in the expiry heap; guarded by expiry.mu, not mu
 	evicted bool // removed from its kind, or the cache closed: nothing more is published
 }
 
 func newEntry[V any](k *Kind[V], ek entryKey) *entry[V] {
 	e := &entry[V]{
-		k:      k,
-		key:    ek,
-		kick:   make(chan struct{}, 1),
-		queued: true, // entryFor schedules it right after creation
+		k:       k,
+		key:     ek,
+		kick:    make(chan struct{}, 1),
+		queued:  true, // entryFor schedules it right after creation
+		heapIdx: -1,
 	}
 	e.lastSeen.Store(time.Now().UnixNano())
 	e.useTick.Store(k.c.useClock.Load())
@@ -178,5 +184,5 @@ func (e *entry[V]) neededLocked() bool {
 	if e.fatal {
 		return false
 	}
-	return e.k.opts.Refresh || len(e.watchers) > 0 || e.blocked > 0
+	return e.k.opts.Refresh || len(e.watchers) > 0 || len(e.blockers) > 0
 }

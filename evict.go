@@ -50,6 +50,9 @@ func (c *Cache) evictForCapacity(keep victim) {
 	}
 }
 
+// heapIndex implements expiring.
+func (e *entry[V]) heapIndex() *int { return &e.heapIdx }
+
 // lastUse implements victim.
 func (e *entry[V]) lastUse() (uint64, bool) {
 	return e.useTick.Load(), !e.busy.Load()
@@ -64,6 +67,7 @@ func (e *entry[V]) evict(reason string) {
 		return
 	}
 	e.k.remove(e) // under e.mu: whoever sees evicted also finds the key gone
+	e.k.c.exp.unschedule(e)
 	state := e.retireLocked()
 	e.mu.Unlock()
 	e.k.c.closeState(state)

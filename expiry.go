@@ -11,6 +11,9 @@ type expiring interface {
 	// expire evicts the entry if it is idle and its deadline passed, or
 	// returns when to look again (requeue true).
 	expire(now time.Time) (next time.Time, requeue bool)
+	// heapIndex is where the entry sits in the heap, -1 when it is not
+	// there. Only the expiry, under its mu, reads or writes it.
+	heapIndex() *int
 }
 
 // expiry evicts entries unused for their kind's LastGetTTL.
@@ -45,6 +48,17 @@ func (x *expiry) schedule(e expiring, at time.Time) {
 		case x.kick <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// unschedule takes e out of the queue, so that an entry evicted for
+// capacity is freed at once rather than at its next check, which can be
+// hours away. It may be called with e locked.
+func (x *expiry) unschedule(e expiring) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if i := *e.heapIndex(); i >= 0 {
+		heap.Remove(&x.h, i)
 	}
 }
 
@@ -94,17 +108,29 @@ type expItem struct {
 	e  expiring
 }
 
-// expHeap is a min-heap of deadlines for container/heap.
+// expHeap is a min-heap of deadlines for container/heap that keeps each
+// entry's heapIndex up to date.
 type expHeap []expItem
 
 func (h expHeap) Len() int           { return len(h) }
 func (h expHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h expHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *expHeap) Push(x any)        { *h = append(*h, x.(expItem)) }
+func (h expHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	*h[i].e.heapIndex() = i
+	*h[j].e.heapIndex() = j
+}
+
+func (h *expHeap) Push(x any) {
+	it := x.(expItem)
+	*it.e.heapIndex() = len(*h)
+	*h = append(*h, it)
+}
+
 func (h *expHeap) Pop() any {
 	old := *h
 	it := old[len(old)-1]
 	old[len(old)-1] = expItem{}
 	*h = old[:len(old)-1]
+	*it.e.heapIndex() = -1
 	return it
 }

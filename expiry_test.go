@@ -3,6 +3,9 @@ package watchcache_test
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"runtime/metrics"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -228,4 +231,89 @@ func TestStateNotKeptIsClosed(t *testing.T) {
 			t.Fatalf("closed after a kept fetch = %d, want still 2", n)
 		}
 	})
+}
+
+// Entries evicted for capacity are freed at once, not at their next expiry
+// check hours later: under token rotation (one-off partitions) the live
+// heap stays flat.
+func TestExpiryMaxEntriesFreesMemory(t *testing.T) {
+	src := fakeupstream.New()
+	src.Set("a", strings.Repeat("x", 1024)) // 1 KiB values make a leak plain
+	c := newCache(t, watchcache.Options{MaxEntries: 100})
+	k := register(t, c, "kv", src, watchcache.KindOptions{})
+	rotate := func(from, to int) {
+		for i := from; i < to; i++ {
+			get(t, k, watchcache.Request{Key: "a", Partition: watchcache.Partition{Token: fmt.Sprint("token-", i)}})
+		}
+	}
+	live := func() int64 {
+		runtime.GC()
+		s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		metrics.Read(s)
+		return int64(s[0].Value.Uint64())
+	}
+	rotate(0, 1000)
+	before := live()
+	rotate(1000, 11_000)
+	grew := live() - before
+	if n := c.Stats().Entries; n > 100 {
+		t.Fatalf("entries = %d, want at most 100", n)
+	}
+	// 10,000 leaked entries would hold at least 10 MiB of values.
+	if grew > 1<<20 {
+		t.Fatalf("live heap grew %d KiB over 10,000 one-off partitions with MaxEntries 100", grew>>10)
+	}
+}
+
+// A state that is an io.Closer is closed after the entry's lock is
+// released: a slow Close (a client's) does not stall the entry.
+func TestStateClosedOutsideEntryLock(t *testing.T) {
+	release := make(chan struct{})
+	closing := make(chan struct{})
+	var n atomic.Int64
+	fetch := watchcache.FetchFunc[string](func(ctx context.Context, o watchcache.FetchOptions[string], _ watchcache.Request) (watchcache.FetchResult[string], error) {
+		i := n.Add(1)
+		return watchcache.FetchResult[string]{Value: fmt.Sprint("v", i), Index: uint64(i), State: &slowCloser{closing, release}}, nil
+	})
+	c := newCache(t, watchcache.Options{})
+	k, err := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get(t, k, req("a"))
+	revalidated := make(chan error, 1)
+	go func() {
+		_, _, err := k.Get(context.Background(), watchcache.Request{Key: "a", MustRevalidate: true})
+		revalidated <- err
+	}()
+	<-closing // the first state is being closed, and its Close hangs
+	defer close(release)
+	done := make(chan error, 1)
+	go func() {
+		done <- k.Notify(t.Context(), watchcache.Request{Key: "a", MaxAge: time.Hour}, "w", make(chan watchcache.UpdateEvent[string], 1))
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Notify waited for a state's Close: it runs under the entry's lock")
+	}
+	if err := <-revalidated; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// slowCloser is a state whose Close announces itself on closing (once) and
+// waits for release.
+type slowCloser struct{ closing, release chan struct{} }
+
+func (s *slowCloser) Close() error {
+	select {
+	case s.closing <- struct{}{}:
+	default:
+	}
+	<-s.release
+	return nil
 }

@@ -70,9 +70,52 @@ func (k *Kind[V]) fresh(s *snapshot[V], req Request, blocking bool) bool {
 // getWait is what one Get remembers across wake-ups.
 type getWait struct {
 	first          bool
+	minIndex       uint64 // the request's MinIndex, for a blocking Get
 	need           uint64 // attempt the Get waits for; 0 when none
 	startCompleted uint64 // entry's completed attempts when the Get began
 	startResets    uint64 // entry's index resets when the Get began
+	pos            int    // index in entry.blockers while blocking; -1 when not
+}
+
+// answers reports whether s ends the wait of the blocking Get w: the rules
+// of answerLocked for blocking Gets, in one predicate. A fatal error
+// answers it too: the Get then asks for attempts of its own (want).
+func (s *snapshot[V]) answers(w *getWait) bool {
+	return s.fatal || s.satisfies(w.minIndex) ||
+		(s.hasValue && s.resets > w.startResets) ||
+		(s.err != nil && s.attempt > w.startCompleted)
+}
+
+// addBlockerLocked records the blocking Get w as a reason to fetch.
+func (e *entry[V]) addBlockerLocked(w *getWait) {
+	w.pos = len(e.blockers)
+	e.blockers = append(e.blockers, w)
+}
+
+// removeBlockerLocked forgets w, unless a publish already did.
+func (e *entry[V]) removeBlockerLocked(w *getWait) {
+	if w.pos < 0 {
+		return
+	}
+	last := len(e.blockers) - 1
+	e.blockers[w.pos] = e.blockers[last]
+	e.blockers[w.pos].pos = w.pos
+	e.blockers[last] = nil
+	e.blockers = e.blockers[:last]
+	w.pos = -1
+}
+
+// releaseBlockersLocked removes the blocking Gets that s answers: they
+// return as soon as they run, and must not make the loop fetch again
+// meanwhile (a failing upstream would see retries for nobody).
+func (e *entry[V]) releaseBlockersLocked(s *snapshot[V]) {
+	for i := 0; i < len(e.blockers); {
+		if w := e.blockers[i]; s.answers(w) {
+			e.removeBlockerLocked(w) // moves the last one to i
+			continue
+		}
+		i++
+	}
 }
 
 // answer is a Get's result.
@@ -93,7 +136,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 		defer t.Stop()
 		timeoutC = t.C
 	}
-	w := getWait{first: true}
+	w := &getWait{first: true, minIndex: req.MinIndex, pos: -1}
 	var cur *entry[V]
 	for {
 		e, err := k.lockEntry(ek)
@@ -107,12 +150,12 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 			// The first entry, or one that replaced an evicted one: the
 			// Get's view of attempts and resets starts here.
 			cur = e
-			w = getWait{first: w.first, startCompleted: e.completed}
+			*w = getWait{first: w.first, minIndex: w.minIndex, startCompleted: e.completed, pos: -1}
 			if s != nil {
 				w.startResets = s.resets
 			}
 		}
-		if a, ok := e.answerLocked(s, req, blocking, &w); ok {
+		if a, ok := e.answerLocked(s, req, blocking, w); ok {
 			e.mu.Unlock()
 			if a.meta.Hit {
 				k.m.hits.Inc()
@@ -124,7 +167,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 		w.first = false
 		e.waiting++
 		if blocking {
-			e.blocked++
+			e.addBlockerLocked(w)
 			e.ensureLoopLocked()
 			e.kickLocked()
 		}
@@ -147,7 +190,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 		e.mu.Lock()
 		e.waiting--
 		if blocking {
-			e.blocked--
+			e.removeBlockerLocked(w)
 			e.dropIdleFetchLocked()
 		}
 		e.updateBusyLocked()
@@ -254,11 +297,12 @@ func (k *Kind[V]) Prepopulate(req Request, res FetchResult[V]) error {
 	if err != nil {
 		return err
 	}
-	defer e.mu.Unlock()
 	now := time.Now()
-	e.publishLocked(e.completed, now, now, res, nil)
+	drop := e.publishLocked(e.completed, now, now, res, nil)
 	if k.opts.Refresh {
 		e.ensureLoopLocked()
 	}
+	e.mu.Unlock()
+	k.c.closeState(drop)
 	return nil
 }

@@ -389,3 +389,28 @@ func TestGetFetchPanic(t *testing.T) {
 		}
 	})
 }
+
+// A blocking Get answered by a failed attempt is no longer a reason to
+// fetch: against a failing upstream each blocking Get costs one fetch, not
+// the free retries of an entry that nobody waits on any more.
+func TestGetBlockingFailureFetchesOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := fakeupstream.New()
+		idx := src.Set("a", "v")
+		k := register(t, newCache(t, watchcache.Options{}), "kv", src, watchcache.KindOptions{SupportsBlocking: true})
+		get(t, k, req("a"))
+		src.Fail("a", errBoom)
+		calls := src.Calls("a")
+		const gets = 20
+		for i := range gets {
+			_, _, err := k.Get(t.Context(), watchcache.Request{Key: "a", MinIndex: idx})
+			if !errors.Is(err, errBoom) {
+				t.Fatalf("blocking Get %d = %v, want the upstream's error", i, err)
+			}
+			synctest.Wait()
+		}
+		if got := src.Calls("a") - calls; got != gets {
+			t.Fatalf("%d blocking Gets against a failing upstream made %d fetches, want %d", gets, got, gets)
+		}
+	})
+}

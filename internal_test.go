@@ -1,7 +1,10 @@
 package watchcache
 
 import (
+	"context"
+	"log/slog"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -58,4 +61,57 @@ func TestSnapshotSatisfies(t *testing.T) {
 	if (&snapshot[string]{index: 9, maxIndex: 9}).satisfies(1) {
 		t.Error("a snapshot without a value satisfied a blocking Get")
 	}
+}
+
+// Once a watch's context is cancelled and cancel has returned, no call of
+// its callback starts, even before the context's AfterFunc has removed the
+// watch. The watch is kept out of Cache.watches here, which is the window
+// between cancel returning and that AfterFunc running, held open.
+func TestNoCallbackAfterCancel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, err := New(Options{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// A blocking kind whose background fetch waits for its context:
+		// Prepopulate alone publishes.
+		fetch := FetchFunc[string](func(ctx context.Context, o FetchOptions[string], _ Request) (FetchResult[string], error) {
+			if o.MinIndex == 0 && o.LastResult != nil {
+				return *o.LastResult, nil
+			}
+			<-ctx.Done()
+			return FetchResult[string]{}, ctx.Err()
+		})
+		k, err := Register[string](c, "kv", fetch, KindOptions{SupportsBlocking: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := Request{Key: "a"}
+		k.Prepopulate(r, FetchResult[string]{Value: "v1", Index: 1})
+
+		c.watches.mu.Lock()
+		c.watches.closed = true // the watch is not removed when ctx is cancelled
+		c.watches.mu.Unlock()
+		ctx, cancel := context.WithCancel(context.Background())
+		release := make(chan struct{})
+		var calls []string
+		err = k.NotifyCallback(ctx, r, "w", func(ev UpdateEvent[string]) {
+			calls = append(calls, ev.Result)
+			if ev.Result == "v1" {
+				<-release
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // the callback runs with v1 and waits
+		k.Prepopulate(r, FetchResult[string]{Value: "v2", Index: 2})
+		cancel()
+		close(release)
+		synctest.Wait()
+		if len(calls) != 1 {
+			t.Fatalf("callback calls = %v: a call started after cancel returned", calls)
+		}
+	})
 }

@@ -249,6 +249,7 @@ func (e *entry[V]) fetch() {
 		err = fmt.Errorf("watchcache: fetch of %s %q did not return within %v: %w", e.k.name, e.key.key, fetchGrace(opts.Timeout), err)
 	}
 	e.k.m.observeFetch(end.Sub(start), err)
-	e.publishLocked(n, start, end, res, err)
+	drop := e.publishLocked(n, start, end, res, err)
 	e.mu.Unlock()
+	e.k.c.closeState(drop)
 }

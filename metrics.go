@@ -19,6 +19,7 @@ type metrics struct {
 	watchers       *prometheus.GaugeVec
 	evictions      *prometheus.CounterVec
 	callbackPanics *prometheus.CounterVec
+	closedChans    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -50,11 +51,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		callbackPanics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "watchcache_callback_panics_total", Help: "NotifyCallback callbacks that panicked.",
 		}, kind),
+		closedChans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watchcache_closed_channel_watches_total",
+			Help: "Notify watches ended because their consumer closed the channel (cancelling the context is the supported way).",
+		}, kind),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.hits, m.misses, m.fetches, m.fetchSeconds, m.entries, m.watchers, m.evictions, m.callbackPanics} {
+	for _, c := range []prometheus.Collector{m.hits, m.misses, m.fetches, m.fetchSeconds, m.entries, m.watchers, m.evictions, m.callbackPanics, m.closedChans} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -70,7 +75,7 @@ type kindMetrics struct {
 	fetchSeconds                  prometheus.Observer
 	entries, watchers             prometheus.Gauge
 	evictedTTL, evictedCapacity   prometheus.Counter
-	callbackPanics                prometheus.Counter
+	callbackPanics, closedChans   prometheus.Counter
 }
 
 func (m *metrics) forKind(kind string) *kindMetrics {
@@ -86,6 +91,7 @@ func (m *metrics) forKind(kind string) *kindMetrics {
 		evictedTTL:      m.evictions.WithLabelValues(kind, "ttl"),
 		evictedCapacity: m.evictions.WithLabelValues(kind, "capacity"),
 		callbackPanics:  m.callbackPanics.WithLabelValues(kind),
+		closedChans:     m.closedChans.WithLabelValues(kind),
 	}
 }
 

@@ -6,6 +6,9 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"runtime/metrics"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -46,11 +49,7 @@ var firstInuse = map[string]float64{}
 func BenchmarkNotifyFanout(b *testing.B) {
 	for _, n := range []int{1000, 10_000, 100_000} {
 		b.Run(fmt.Sprintf("watchers=%d", n), func(b *testing.B) {
-			src := fakeupstream.New()
-			src.Set("k", "v0")
-			c := newCache(b, watchcache.Options{})
-			k := register(b, c, "kv", src, blockingRefresh)
-			get(b, k, req("k"))
+			src, _, k := oneKey(b, "v0")
 			chans := make([]chan watchcache.UpdateEvent[string], n)
 			for i := range chans {
 				chans[i] = make(chan watchcache.UpdateEvent[string], 1)
@@ -194,4 +193,271 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// oneKey returns a source holding key "k" = v, a cache, and a blocking
+// refresh kind whose entry for "k" is fetched already.
+func oneKey(b *testing.B, v string) (*fakeupstream.Source, *watchcache.Cache, *watchcache.Kind[string]) {
+	src := fakeupstream.New()
+	src.Set("k", v)
+	c := newCache(b, watchcache.Options{})
+	k := register(b, c, "kv", src, blockingRefresh)
+	get(b, k, req("k"))
+	return src, c, k
+}
+
+// consumers counts, for a benchmark, the watchers that have received the
+// current target value (values are decimal integers). Each consumer reports
+// at most once per target, so the benchmark waits for exactly n reports.
+type consumers struct {
+	target  atomic.Int64
+	arrived chan struct{}
+}
+
+func newConsumers(n int) *consumers {
+	return &consumers{arrived: make(chan struct{}, n)}
+}
+
+// saw records that one consumer, which had reported up to *reported,
+// received value v.
+func (cs *consumers) saw(v string, reported *int64) {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		panic(fmt.Sprintf("value %q: %v", v, err))
+	}
+	if t := cs.target.Load(); n >= t && *reported < t {
+		*reported = t
+		cs.arrived <- struct{}{}
+	}
+}
+
+// changes is the timed part of a benchmark: b.N changes of key "k", each
+// until all n consumers have it.
+func (cs *consumers) changes(b *testing.B, src *fakeupstream.Source, n int) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 1; i <= b.N; i++ {
+		cs.target.Store(int64(i))
+		src.Set("k", strconv.Itoa(i))
+		cs.waitAll(n)
+	}
+	b.StopTimer()
+}
+
+// waitAll waits for n reports of the current target.
+func (cs *consumers) waitAll(n int) {
+	for range n {
+		<-cs.arrived
+	}
+}
+
+// BenchmarkNotifySlowConsumers has 10,000 watchers of one key whose
+// consumers do not keep up, the normal case for real consumers:
+//
+//   - unbuffered-1ms: unbuffered channels, and each consumer spends 1 ms per
+//     event, so at each change most consumers are busy and the fan-out's
+//     sends would block. An iteration is one change until every watcher has
+//     it.
+//   - late: channels of capacity 1 not read during 10 changes; an iteration
+//     times one consumer that then reads every channel until it has the
+//     last change (the first read may be an older event already buffered).
+func BenchmarkNotifySlowConsumers(b *testing.B) {
+	const n = 10_000
+	b.Run(fmt.Sprintf("watchers=%d/unbuffered-1ms", n), func(b *testing.B) {
+		src, _, k := oneKey(b, "0")
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cs := newConsumers(n)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		defer cancel()
+		goroutines := runtime.NumGoroutine()
+		for i := range n {
+			ch := make(chan watchcache.UpdateEvent[string])
+			wg.Go(func() {
+				reported := int64(-1)
+				for {
+					select {
+					case ev := <-ch:
+						cs.saw(ev.Result, &reported)
+						time.Sleep(time.Millisecond)
+					case <-ctx.Done():
+						return
+					}
+				}
+			})
+			if err := k.Notify(ctx, req("k"), strconv.Itoa(i), ch); err != nil {
+				b.Fatal(err)
+			}
+		}
+		cs.waitAll(n) // initial values
+		cs.changes(b, src, n)
+		reportRest(b, k, goroutines+n, n)
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/change")
+	})
+	b.Run(fmt.Sprintf("watchers=%d/late", n), func(b *testing.B) {
+		src, _, k := oneKey(b, "0")
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		goroutines := runtime.NumGoroutine()
+		chans := make([]chan watchcache.UpdateEvent[string], n)
+		for i := range chans {
+			chans[i] = make(chan watchcache.UpdateEvent[string], 1)
+			if err := k.Notify(ctx, req("k"), strconv.Itoa(i), chans[i]); err != nil {
+				b.Fatal(err)
+			}
+			<-chans[i]
+		}
+		version := 0
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			b.StopTimer()
+			for range 10 {
+				version++
+				idx := src.Set("k", strconv.Itoa(version))
+				// The entry has published (and fanned out) idx once a
+				// Get blocking on the index before it returns.
+				if _, _, err := k.Get(ctx, watchcache.Request{Key: "k", MinIndex: idx - 1}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			want := strconv.Itoa(version)
+			b.StartTimer()
+			for _, ch := range chans {
+				for ev := range ch {
+					if ev.Result == want {
+						break
+					}
+				}
+			}
+		}
+		b.StopTimer()
+		reportRest(b, k, goroutines, n)
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/release")
+	})
+}
+
+// BenchmarkNotifySharedChannel is Consul's proxycfg pattern: N watches with
+// distinct correlation IDs share one channel of capacity 1, read by one
+// consumer. An iteration is one change until every watch's event for it
+// was received.
+func BenchmarkNotifySharedChannel(b *testing.B) {
+	for _, n := range []int{1000, 8000} {
+		b.Run(fmt.Sprintf("watches=%d", n), func(b *testing.B) {
+			src, _, k := oneKey(b, "0")
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer cancel()
+			ch := make(chan watchcache.UpdateEvent[string], 1)
+			cs := newConsumers(n)
+			goroutines := runtime.NumGoroutine()
+			wg.Go(func() {
+				reported := make([]int64, n)
+				for i := range reported {
+					reported[i] = -1
+				}
+				for {
+					select {
+					case ev := <-ch:
+						id, _ := strconv.Atoi(ev.CorrelationID)
+						cs.saw(ev.Result, &reported[id])
+					case <-ctx.Done():
+						return
+					}
+				}
+			})
+			for i := range n {
+				if err := k.Notify(ctx, req("k"), strconv.Itoa(i), ch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			cs.waitAll(n)
+			cs.changes(b, src, n)
+			reportRest(b, k, goroutines+1, n)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/change")
+		})
+	}
+}
+
+// BenchmarkNotifySetupUnbuffered starts 10,000 watches on unbuffered
+// channels whose consumers start reading only after every Notify returned,
+// so every initial send would block. An iteration ends when every watcher
+// has its initial value. While they wait, each blocked channel has its
+// queue's goroutine: parked-goroutines/watcher and parked-B/watcher (heap
+// and stacks) are that cost, which ends when the channels drain.
+func BenchmarkNotifySetupUnbuffered(b *testing.B) {
+	const n = 10_000
+	b.Run(fmt.Sprintf("watchers=%d", n), func(b *testing.B) {
+		_, c, k := oneKey(b, "1")
+		chans := make([]chan watchcache.UpdateEvent[string], n)
+		goroutines := runtime.NumGoroutine()
+		var parkedGoroutines, parkedBytes float64
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			ctx, cancel := context.WithCancel(context.Background())
+			for i := range chans {
+				chans[i] = make(chan watchcache.UpdateEvent[string])
+			}
+			var heap, stack int64
+			if i == 0 {
+				b.StopTimer()
+				heap, stack = memInUse()
+				b.StartTimer()
+			}
+			for i, ch := range chans {
+				if err := k.Notify(ctx, req("k"), strconv.Itoa(i), ch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if i == 0 {
+				b.StopTimer()
+				heapAfter, stackAfter := memInUse()
+				parkedGoroutines = float64(runtime.NumGoroutine()-goroutines) / n
+				parkedBytes = float64(heapAfter-heap+stackAfter-stack) / n
+				b.StartTimer()
+			}
+			var wg sync.WaitGroup
+			for _, ch := range chans {
+				wg.Go(func() { <-ch })
+			}
+			wg.Wait()
+			b.StopTimer()
+			cancel()
+			waitWatchers(b, c, 0)
+			b.StartTimer()
+		}
+		b.StopTimer()
+		reportRest(b, k, goroutines, n)
+		b.ReportMetric(parkedGoroutines, "parked-goroutines/watcher")
+		b.ReportMetric(parkedBytes, "parked-B/watcher")
+	})
+}
+
+// reportRest reports the goroutines per watcher left once every watcher
+// caught up (base is the count expected without the cache's delivery).
+func reportRest(b *testing.B, k *watchcache.Kind[string], base, watchers int) {
+	b.Helper()
+	// Delivery goroutines end once nothing is parked; give them a moment.
+	deadline := time.Now().Add(5 * time.Second)
+	extra := runtime.NumGoroutine() - base
+	for extra > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		extra = runtime.NumGoroutine() - base
+	}
+	b.ReportMetric(float64(max(extra, 0))/float64(watchers), "goroutines/watcher")
+}
+
+// waitWatchers waits until the cache has n watchers.
+func waitWatchers(b *testing.B, c *watchcache.Cache, n int) {
+	b.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Watchers != n {
+		if time.Now().After(deadline) {
+			b.Fatalf("watchers = %d, want %d", c.Stats().Watchers, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -30,8 +30,12 @@ func sameState(a, b any) bool {
 }
 
 // publishLocked turns the result of attempt n into the entry's new
-// snapshot, wakes waiting Gets and fans out to watchers.
-func (e *entry[V]) publishLocked(n uint64, start, end time.Time, res FetchResult[V], err error) {
+// snapshot, wakes waiting Gets and fans out to watchers. It returns the
+// state that is no longer kept (the failed fetch's, or the one the new
+// result replaced), for the caller to close once it has released e.mu:
+// closing may be slow (a client's Close), and Gets and the deliverer must
+// not wait for it.
+func (e *entry[V]) publishLocked(n uint64, start, end time.Time, res FetchResult[V], err error) (drop any) {
 	prev := e.snap.Load()
 	next := new(snapshot[V])
 	if prev != nil {
@@ -43,20 +47,22 @@ func (e *entry[V]) publishLocked(n uint64, start, end time.Time, res FetchResult
 	e.jitter = rand.Float64() / 16 // up to interval/16 on the next poll
 
 	if err != nil {
-		e.failedLocked(prev, next, end, res, err)
+		drop = e.failedLocked(prev, next, end, res, err)
 	} else {
-		e.succeededLocked(prev, next, end, res)
+		drop = e.succeededLocked(prev, next, end, res)
 	}
 	e.snap.Store(next)
 	e.wakeLocked()
+	e.releaseBlockersLocked(next)
 	e.fanoutLocked(next)
+	return drop
 }
 
 // failedLocked fills next, a copy of prev, for a failed attempt: the last
 // good value stays, the error is recorded, and the loop backs off.
-func (e *entry[V]) failedLocked(prev, next *snapshot[V], end time.Time, res FetchResult[V], err error) {
+func (e *entry[V]) failedLocked(prev, next *snapshot[V], end time.Time, res FetchResult[V], err error) (drop any) {
 	if prev == nil || !sameState(res.State, prev.state) {
-		e.k.c.closeState(res.State) // a failed fetch's state is not kept
+		drop = res.State // a failed fetch's state is not kept
 	}
 	e.failures++
 	e.notBefore = end.Add(backoff(e.failures))
@@ -71,12 +77,13 @@ func (e *entry[V]) failedLocked(prev, next *snapshot[V], end time.Time, res Fetc
 		next.failingSince = end
 	}
 	next.err, next.fatal = err, e.fatal
+	return drop
 }
 
 // succeededLocked fills next, a copy of prev, for a successful attempt,
 // applying the index rules (index.go) and deciding whether watchers
 // should hear of it.
-func (e *entry[V]) succeededLocked(prev, next *snapshot[V], end time.Time, res FetchResult[V]) {
+func (e *entry[V]) succeededLocked(prev, next *snapshot[V], end time.Time, res FetchResult[V]) (drop any) {
 	var prevIndex uint64
 	if prev != nil && prev.hasValue {
 		prevIndex = prev.index
@@ -111,7 +118,7 @@ func (e *entry[V]) succeededLocked(prev, next *snapshot[V], end time.Time, res F
 		e.k.c.log.Info("watchcache: fetch recovered", "kind", e.k.name, "key", e.key.key)
 	}
 	if prev != nil && prev.hasValue && !sameState(prev.state, res.State) {
-		e.k.c.closeState(prev.state) // replaced by the fetch function
+		drop = prev.state // replaced by the fetch function
 	}
 	e.fatal = false
 	next.value, next.state, next.hasValue = res.Value, res.State, true
@@ -120,6 +127,7 @@ func (e *entry[V]) succeededLocked(prev, next *snapshot[V], end time.Time, res F
 	if changed {
 		next.version++
 	}
+	return drop
 }
 
 func (e *entry[V]) logFailure(err error, prev *snapshot[V]) {

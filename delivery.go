@@ -204,7 +204,7 @@ func (q *chanQueue[V]) take(w *watcher[V]) (ev UpdateEvent[V], version uint64, o
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	q.d.mu.Lock()
-	if q.head != w {
+	if q.head != w || q.d.stopped || w.removed.Load() {
 		q.d.mu.Unlock()
 		return ev, 0, false
 	}
@@ -258,8 +258,14 @@ func (q *chanQueue[V]) finish(w *watcher[V], version uint64, r sendResult) *watc
 	}
 	next := q.nextLocked()
 	q.d.mu.Unlock()
-	if r == sendChanShut {
+	switch {
+	case r == sendChanShut:
 		e.endClosedChanLocked(w)
+	case w.finalPending:
+		// Close ended the watch while this send was pending: its final
+		// event goes after it, never before.
+		w.finalPending = false
+		w.sendFinalLocked()
 	}
 	e.mu.Unlock()
 	return next

@@ -2,10 +2,12 @@ package watchcache_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -202,5 +204,93 @@ func TestNotifyDeliveryStress(t *testing.T) {
 	wg.Wait()
 	for _, w := range ws {
 		w.cancel()
+	}
+}
+
+// Close during a stream of changes to watchers on unbuffered and buffered
+// channels: each watcher's final ErrClosed event is its last (a queue that
+// held a send when Close came sends the final event after it), and its
+// indexes never go back.
+func TestNotifyCloseIsLastEvent(t *testing.T) {
+	const n = 300
+	c, err := watchcache.New(watchcache.Options{Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A blocking kind whose fetches wait for their context: Prepopulate
+	// alone publishes, from several goroutines at once.
+	hang := watchcache.FetchFunc[string](func(ctx context.Context, o watchcache.FetchOptions[string], _ watchcache.Request) (watchcache.FetchResult[string], error) {
+		if o.LastResult != nil && o.MinIndex == 0 {
+			return *o.LastResult, nil
+		}
+		<-ctx.Done()
+		return watchcache.FetchResult[string]{}, ctx.Err()
+	})
+	k, err := watchcache.Register(c, "kv", hang, watchcache.KindOptions{SupportsBlocking: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		k.Prepopulate(req(fmt.Sprint(i)), watchcache.FetchResult[string]{Value: "v", Index: 1})
+	}
+	events := make([][]watchcache.UpdateEvent[string], n)
+	stop := make(chan struct{})
+	var consumers sync.WaitGroup
+	for i := range n {
+		ch := make(chan watchcache.UpdateEvent[string], i%2) // unbuffered and capacity 1
+		if err := k.Notify(context.Background(), req(fmt.Sprint(i)), fmt.Sprint(i), ch); err != nil {
+			t.Fatal(err)
+		}
+		consumers.Go(func() {
+			for {
+				select {
+				case ev := <-ch:
+					events[i] = append(events[i], ev)
+				case <-stop:
+					for {
+						select {
+						case ev := <-ch:
+							events[i] = append(events[i], ev)
+						default:
+							return
+						}
+					}
+				}
+			}
+		})
+	}
+	var rounds atomic.Int64
+	busy := make(chan struct{})
+	var publishers sync.WaitGroup
+	for p := range 4 {
+		publishers.Go(func() {
+			for idx := uint64(2); ; idx++ {
+				for i := p; i < n; i += 4 {
+					if k.Prepopulate(req(fmt.Sprint(i)), watchcache.FetchResult[string]{Value: fmt.Sprint("v", idx), Index: idx}) != nil {
+						return // closed
+					}
+				}
+				if rounds.Add(1) == 40 {
+					close(busy)
+				}
+			}
+		})
+	}
+	<-busy // changes are flowing, queues are sending
+	c.Close()
+	publishers.Wait()
+	close(stop)
+	consumers.Wait()
+	for i, evs := range events {
+		var last uint64
+		for j, ev := range evs {
+			if ev.Meta.Index < last {
+				t.Fatalf("watch %d: index went back from %d to %d", i, last, ev.Meta.Index)
+			}
+			last = ev.Meta.Index
+			if errors.Is(ev.Err, watchcache.ErrClosed) && j != len(evs)-1 {
+				t.Fatalf("watch %d: %d events after its final ErrClosed event: %+v", i, len(evs)-1-j, evs[j+1:])
+			}
+		}
 	}
 }

@@ -12,7 +12,8 @@ type expiring interface {
 	// returns when to look again (requeue true).
 	expire(now time.Time) (next time.Time, requeue bool)
 	// heapIndex is where the entry sits in the heap, -1 when it is not
-	// there. Only the expiry, under its mu, reads or writes it.
+	// there, evictedIndex once it was evicted. Only the expiry, under its
+	// mu, reads or writes it.
 	heapIndex() *int
 }
 
@@ -42,6 +43,9 @@ func (x *expiry) init(c *Cache) {
 func (x *expiry) schedule(e expiring, at time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if *e.heapIndex() == evictedIndex {
+		return // evicted meanwhile (the expiry loop requeues after expire unlocked the entry)
+	}
 	heap.Push(&x.h, expItem{at: at, e: e})
 	if x.h[0].e == e {
 		select {
@@ -60,7 +64,12 @@ func (x *expiry) unschedule(e expiring) {
 	if i := *e.heapIndex(); i >= 0 {
 		heap.Remove(&x.h, i)
 	}
+	*e.heapIndex() = evictedIndex // and never again
 }
+
+// evictedIndex is the heap index of an entry that was evicted: schedule
+// refuses it.
+const evictedIndex = -2
 
 // run is the expiry goroutine; it ends when the cache closes.
 func (x *expiry) run() {

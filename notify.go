@@ -108,6 +108,9 @@ type watcher[V any] struct {
 	parked  bool          // ch was full: its queue owns delivery until it drains
 	sending bool          // ... and the queue's goroutine holds an event for it
 	queued  bool          // queued or running on the callback pool
+	// finalPending: Close ended the watch while its queue held a send;
+	// the queue sends the final ErrClosed event once that send is over.
+	finalPending bool
 
 	// removed is set under e.mu when the watch ends; Cache.watches reads it
 	// without that lock.
@@ -156,8 +159,9 @@ func (w *watcher[V]) gone() bool { return w.removed.Load() }
 func (w *watcher[V]) remove() {
 	e := w.e
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	w.removeLocked()
+	e.mu.Unlock()
+	e.k.c.enforceCapacity(nil) // the entry may be evicted now that no watch pins it
 }
 
 func (w *watcher[V]) removeLocked() {
@@ -201,9 +205,18 @@ func (e *entry[V]) endClosedChanLocked(w *watcher[V]) {
 // talks to the goroutine calling Close would deadlock it.
 func (w *watcher[V]) closeLocked() {
 	w.removed.Store(true)
-	if w.ch == nil {
-		return
+	switch {
+	case w.ch == nil:
+	case w.sending:
+		w.finalPending = true // after the pending send (chanQueue.finish)
+	default:
+		w.sendFinalLocked()
 	}
+}
+
+// sendFinalLocked sends the watch's final ErrClosed event, if its channel
+// has room.
+func (w *watcher[V]) sendFinalLocked() {
 	ev := UpdateEvent[V]{CorrelationID: w.id}
 	if s := w.e.snap.Load(); s != nil {
 		ev = w.e.eventLocked(s)
@@ -346,7 +359,7 @@ func (w *watcher[V]) runCallback() {
 	ev.CorrelationID = w.id
 	e.mu.Unlock()
 
-	if w.cancelled() {
+	if w.cancelled() || w.removed.Load() { // cancelled, or the cache closed, meanwhile
 		e.mu.Lock()
 		w.queued = false
 		e.mu.Unlock()

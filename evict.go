@@ -20,12 +20,29 @@ type victim interface {
 // 5 to 10 close enough to true LRU; more costs time on the creating Get.
 const evictSample = 16
 
+// enforceCapacity evicts entries until the cache holds at most
+// MaxEntries, never keep (an entry being created), or until a sample finds
+// nothing evictable (every entry sampled is watched or has waiting Gets).
+// It runs when an entry is created and when a Get or watch that pinned an
+// entry ends, so concurrent misses, which pin the entries they create,
+// overshoot the bound only while they wait.
+func (c *Cache) enforceCapacity(keep victim) {
+	if c.opts.MaxEntries == 0 {
+		return
+	}
+	for c.count.Load() > int64(c.opts.MaxEntries) && !c.isClosed() {
+		if !c.evictForCapacity(keep) {
+			return
+		}
+	}
+}
+
 // evictForCapacity evicts the least recently used evictable entry among a
-// sample, never keep (the entry being created).
-func (c *Cache) evictForCapacity(keep victim) {
+// sample, never keep. It reports whether it found one.
+func (c *Cache) evictForCapacity(keep victim) bool {
 	kinds := c.kindList()
 	if len(kinds) == 0 {
-		return
+		return false
 	}
 	var (
 		best     victim
@@ -45,9 +62,11 @@ func (c *Cache) evictForCapacity(keep victim) {
 	for i := 0; i < len(kinds) && seen < evictSample; i++ {
 		seen += kinds[(first+i)%len(kinds)].sample(rand.IntN(numShards), evictSample-seen, visit)
 	}
-	if best != nil {
-		best.evict("capacity")
+	if best == nil {
+		return false
 	}
+	best.evict("capacity")
+	return true
 }
 
 // heapIndex implements expiring.

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -160,6 +161,7 @@ func TestStateReplacedIsClosed(t *testing.T) {
 		k, _ := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{})
 		get(t, k, req("a"))
 		get(t, k, watchcache.Request{Key: "a", MustRevalidate: true})
+		synctest.Wait() // the loop closes the replaced state once it released the entry
 		if n := closed.Load(); n != 1 {
 			t.Fatalf("closed = %d, want the first state closed", n)
 		}
@@ -316,4 +318,32 @@ func (s *slowCloser) Close() error {
 	}
 	<-s.release
 	return nil
+}
+
+// MaxEntries is a hard bound: concurrent misses, which pin the entries
+// they create while they wait, overshoot it only while they wait, and the
+// cache is back under it once they have returned.
+func TestExpiryMaxEntriesConcurrentMisses(t *testing.T) {
+	src := fakeupstream.New()
+	src.Set("a", "v")
+	c := newCache(t, watchcache.Options{MaxEntries: 100})
+	k := register(t, c, "kv", src, watchcache.KindOptions{})
+	const gets, parallel = 6000, 64
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range parallel {
+		wg.Go(func() {
+			for i := next.Add(1); i <= gets; i = next.Add(1) {
+				r := watchcache.Request{Key: "a", Partition: watchcache.Partition{Token: fmt.Sprint("one-off-", i)}}
+				if _, _, err := k.Get(context.Background(), r); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := c.Stats().Entries; n > 100 {
+		t.Fatalf("entries = %d after %d concurrent one-off Gets, want at most MaxEntries (100)", n, gets)
+	}
 }

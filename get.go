@@ -196,6 +196,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 		e.updateBusyLocked()
 		s = e.snap.Load()
 		e.mu.Unlock()
+		k.c.enforceCapacity(nil) // the entry may be evicted now that no Get pins it
 
 		if stop != nil {
 			k.m.misses.Inc()

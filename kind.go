@@ -175,14 +175,15 @@ func (k *Kind[V]) entryFor(ek entryKey) (*entry[V], error) {
 	}
 	k.c.useClock.Add(1)
 	e := newEntry(k, ek)
+	// In the expiry heap before it can be found: an eviction racing with
+	// this must find it there to take it out.
+	k.c.exp.schedule(e, time.Now().Add(e.expiryCheck()))
 	s.m[ek] = e
 	s.mu.Unlock()
 
 	k.m.entries.Inc()
-	k.c.exp.schedule(e, time.Now().Add(e.expiryCheck()))
-	if n := k.c.count.Add(1); k.c.opts.MaxEntries > 0 && int(n) > k.c.opts.MaxEntries {
-		k.c.evictForCapacity(e)
-	}
+	k.c.count.Add(1)
+	k.c.enforceCapacity(e)
 	return e, nil
 }
 

@@ -181,8 +181,8 @@ func TestWrongPassword(t *testing.T) {
 	}
 }
 
-// TestIdleIdentity checks that the client of an identity nobody uses is
-// closed after IdentityIdleTTL, and that its partition then needs a Login.
+// TestIdleIdentity checks that an identity nobody uses is dropped after
+// IdentityIdleTTL, and that its partition then needs a Login.
 func TestIdleIdentity(t *testing.T) {
 	t.Parallel()
 	c := authCluster(t)
@@ -190,10 +190,10 @@ func TestIdleIdentity(t *testing.T) {
 	cfg.IdentityIdleTTL = 200 * time.Millisecond
 	f := newFixture(t, cfg, watchcache.Options{})
 	alice := login(t, f.src, "alice", "alice-pw")
-	eventually(t, "alice's client closed", func() bool {
+	eventually(t, "alice's identity dropped", func() bool {
 		f.src.mu.Lock()
 		defer f.src.mu.Unlock()
-		return f.src.pool["alice"] == nil && len(f.src.open) == 1 // the own client only
+		return f.src.pool["alice"] == nil && f.src.lru.Len() == 0
 	})
 	if _, _, err := f.kinds.Key.Get(testCtx(t), KeyRequest("/a/x", alice)); !errors.Is(err, ErrUnknownIdentity) || !errors.Is(err, watchcache.ErrFatal) {
 		t.Fatalf("Get with an idle identity's partition: %v, want a fatal ErrUnknownIdentity", err)
@@ -202,12 +202,12 @@ func TestIdleIdentity(t *testing.T) {
 	if v, _, err := f.kinds.Key.Get(testCtx(t), KeyRequest("/a/x", alice)); err != nil || !v.Exists {
 		t.Fatalf("Get after logging in again: %+v, %v", v, err)
 	}
-	// The entry's watch holds the client: it is not idle.
+	// The entry's watch holds the identity: it is not idle.
 	f.src.mu.Lock()
 	refs := f.src.pool["alice"].refs
 	f.src.mu.Unlock()
 	if refs != 1 {
-		t.Fatalf("alice's client has %d users, want 1 (the entry's watch)", refs)
+		t.Fatalf("alice's identity has %d users, want 1 (the entry's watch)", refs)
 	}
 }
 

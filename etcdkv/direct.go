@@ -48,8 +48,8 @@ func (s *Source) Health(ctx context.Context) (Health, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	var errs []error
-	for _, ep := range s.own.cli.Endpoints() {
-		st, err := s.own.cli.Status(ctx, ep)
+	for _, ep := range s.conn.Endpoints() {
+		st, err := s.conn.Status(ctx, ep)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", ep, err))
 			continue

@@ -63,12 +63,34 @@
 // # Identities
 //
 // A request's Partition names the etcd user it is made as. Login verifies a
-// user's password with etcd and returns the user's Partition; each user has
-// one client, reused while the same password is presented and closed when
-// idle. The zero Partition is the source's own identity (Config.Username,
-// or anonymous). Permission errors and rejected credentials wrap
-// ErrPermissionDenied and ErrAuthFailed, and stop the background refresh of
-// the entry (watchcache.Fatal).
+// user's password with etcd and returns the user's Partition. Every
+// identity's requests share the source's one connection to etcd, each
+// carrying its user's token (etcd authenticates requests, not
+// connections), so an identity costs its credentials and token; a token
+// that etcd invalidated (any change to users or roles does) is renewed
+// once and the request tried again. At most Config.MaxIdentities are held,
+// least recently used dropped first, and idle ones are dropped after
+// Config.IdentityIdleTTL; a dropped identity needs a Login again, while
+// cache entries that use it keep it. The zero Partition is the source's
+// own identity (Config.Username, or anonymous). Permission errors and
+// rejected credentials wrap ErrPermissionDenied and ErrAuthFailed, and stop
+// the background refresh of the entry (watchcache.Fatal).
+//
+// # Access after revocation
+//
+// etcd checks a watch's permission only when the watch is created, so the
+// source confirms access itself before a value reaches an identity.
+// With Config.AccessCheck AccessCheckStrict (the default) every change from
+// a watch is confirmed by a count-only linearizable read of the entry's key
+// or range made as the identity, after the change was seen: no value
+// written after a revocation returned is delivered, by Get, blocking Get
+// or Notify; the entry gets a fatal ErrPermissionDenied or ErrAuthFailed
+// instead. Checks of one identity's entries that changed together share
+// one read-only transaction. Every Config.AuthCheckInterval (at most 1 s)
+// the source asks etcd whether its auth store changed; when it did, waiting
+// entries and cached values are confirmed again before they are returned.
+// AccessCheckBounded confirms only then, saving a read per change: writes
+// made up to AuthCheckInterval after a revocation may still be delivered.
 //
 // # Read-your-writes
 //

@@ -1,16 +1,17 @@
 package etcdkv
 
 import (
+	"container/list"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/watchcache/watchcache"
 )
@@ -18,32 +19,43 @@ import (
 // tokenPrefix starts the Partition.Token of identities issued by Login.
 const tokenPrefix = "etcd-user:"
 
-// identity is an etcd user and the client that is logged in as it. The
-// source's own identity has user Config.Username (or "" for anonymous).
+// identity is an etcd user as the source talks to etcd for it: its
+// credentials and its current token, over the source's one connection (see
+// token.go). The source's own identity has user Config.Username (or "" and
+// no password: anonymous).
 type identity struct {
-	user string
-	hash []byte // keyed hash of the password the client logged in with; nil for the own identity
-	cli  *clientv3.Client
+	s        *Source
+	user     string
+	password string // renews the token; "" for an anonymous identity
+	hash     []byte // keyed hash of the password; nil for the own identity
 
-	probe revisionProbe // shared by every entry read with this identity
+	probe  revisionProbe // shared by every entry read with this identity
+	access accessChecker // batches the access checks of its entries
+
+	tokenMu  sync.Mutex // protects the fields below
+	token    string
+	renewing *renewCall // the renewal in flight, if any
 
 	// Guarded by Source.mu.
-	refs       int       // requests in flight and entry watches using cli
-	lastUsed   time.Time // end of the last use, for IdentityIdleTTL
-	verifiedAt time.Time // last time etcd accepted the password
-	retired    bool      // out of the pool: cli closes when refs drops to 0
+	refs       int           // requests in flight and entry watches using it
+	lastUsed   time.Time     // end of the last use, for IdentityIdleTTL
+	verifiedAt time.Time     // last time etcd accepted the password
+	revoked    bool          // etcd rejected its credentials, or a new password replaced them
+	lru        *list.Element // its place in Source.lru while pooled; nil once out of the pool
 }
 
 // Login checks user's password with etcd and returns the Partition that
 // requests made as that user carry. Entries are partitioned by it, so
-// users never share cached data. Each user has one etcd client, made on
-// the first Login, reused by later ones that present the same password,
-// and closed after Config.IdentityIdleTTL unused.
+// users never share cached data. Each user's identity (its credentials and
+// etcd token) is made on the first Login, reused by later ones that present
+// the same password, and dropped after Config.IdentityIdleTTL unused or
+// when more than Config.MaxIdentities are held (least recently used first,
+// never one in use).
 //
 // A wrong password, an unknown user or an empty one fail with an error
-// wrapping ErrAuthFailed, and never reuse the client (or the cached data)
-// of a Login that succeeded: passwords are compared as keyed hashes in
-// constant time, and a different one is checked with etcd. Within
+// wrapping ErrAuthFailed, and never reuse the identity (or the cached
+// data) of a Login that succeeded: passwords are compared as keyed hashes
+// in constant time, and a different one is checked with etcd. Within
 // Config.LoginTTL a repeated Login with the same password is answered
 // without asking etcd.
 //
@@ -71,17 +83,16 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 		return watchcache.Partition{}, nil
 	}
 	if id := s.pool[user]; id != nil && hmac.Equal(id.hash, hash) && s.cfg.LoginTTL > 0 && now.Sub(id.verifiedAt) < s.cfg.LoginTTL {
-		id.lastUsed = now
+		s.touchLocked(id, now)
 		s.mu.Unlock()
 		return p, nil
 	}
-	own := s.own
 	s.mu.Unlock()
 
-	// Check the password on the connection the source already has: a
-	// wrong one costs one request, not a new connection.
+	// One Authenticate checks the password and gives the identity its
+	// token; a wrong password costs one request, not a connection.
 	actx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	_, err := own.cli.Authenticate(actx, user, password)
+	resp, err := s.conn.Authenticate(actx, user, password)
 	cancel()
 	switch {
 	case errors.Is(err, rpctypes.ErrAuthNotEnabled):
@@ -93,7 +104,7 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 		err = wrapErr("login as "+strconv.Quote(user), err)
 		if errors.Is(err, ErrAuthFailed) {
 			// If this password was good before, it no longer is (changed
-			// in etcd): the client made with it must go too.
+			// in etcd): the identity made with it must go too.
 			s.mu.Lock()
 			id := s.pool[user]
 			s.mu.Unlock()
@@ -106,45 +117,27 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 
 	verified := time.Now()
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
 		return watchcache.Partition{}, ErrClosed
 	}
 	if id := s.pool[user]; id != nil && hmac.Equal(id.hash, hash) {
-		id.verifiedAt, id.lastUsed = verified, verified
-		s.mu.Unlock()
+		id.verifiedAt = verified
+		s.touchLocked(id, verified)
+		id.tokenMu.Lock()
+		id.token = resp.Token // the newest token is good for longest
+		id.tokenMu.Unlock()
 		return p, nil
 	}
-	s.mu.Unlock()
-
-	cli, err := s.newClient(user, password)
-	if err != nil {
-		return watchcache.Partition{}, wrapErr("login as "+strconv.Quote(user), err)
+	if old := s.pool[user]; old != nil {
+		// The password changed: each entry moves to the new identity at
+		// its next fetch (see fetchRange).
+		s.revokeLocked(old)
 	}
-	id := &identity{user: user, hash: hash, cli: cli, verifiedAt: verified, lastUsed: verified}
-
-	var closeNow []*identity
-	s.mu.Lock()
-	switch old := s.pool[user]; {
-	case s.closed:
-		s.mu.Unlock()
-		s.closeClients([]*identity{id})
-		return watchcache.Partition{}, ErrClosed
-	case old != nil && hmac.Equal(old.hash, hash):
-		// A concurrent Login with the same password won the race.
-		old.verifiedAt, old.lastUsed = verified, verified
-		closeNow = append(closeNow, id)
-	default:
-		if old != nil {
-			// The password changed: each entry moves to the new client
-			// at its next fetch (see fetchRange).
-			closeNow = s.retireLocked(old, closeNow)
-		}
-		s.pool[user] = id
-		s.open[id] = struct{}{}
-	}
-	s.mu.Unlock()
-	s.closeClients(closeNow)
+	id := &identity{s: s, user: user, password: password, hash: hash, token: resp.Token, verifiedAt: verified, lastUsed: verified}
+	s.pool[user] = id
+	id.lru = s.lru.PushFront(id)
+	s.trimPoolLocked()
 	return p, nil
 }
 
@@ -156,9 +149,27 @@ func (s *Source) hashPassword(user, password string) []byte {
 	return m.Sum(nil)
 }
 
+// touchLocked records a use of the pooled identity id at now.
+func (s *Source) touchLocked(id *identity, now time.Time) {
+	id.lastUsed = now
+	if id.lru != nil {
+		s.lru.MoveToFront(id.lru)
+	}
+}
+
+// trimPoolLocked drops the least recently used identities while the pool
+// holds more than Config.MaxIdentities. A dropped identity that cache
+// entries still use stays theirs (their watches carry its token, and
+// MaxEntries bounds them); new requests for its Partition need a Login.
+func (s *Source) trimPoolLocked() {
+	for len(s.pool) > s.cfg.MaxIdentities && s.lru.Len() > 0 {
+		s.unpoolLocked(s.lru.Back().Value.(*identity))
+	}
+}
+
 // acquire returns the identity of p for one use, which the caller ends
 // with release. It fails with ErrUnknownIdentity for a Partition that
-// Login did not issue or whose client is gone.
+// Login did not issue or whose identity was dropped.
 func (s *Source) acquire(p watchcache.Partition) (*identity, error) {
 	if p.Datacenter != "" {
 		return nil, invalidf("partition datacenter %q: etcdkv serves one cluster and has no datacenters", p.Datacenter)
@@ -176,32 +187,37 @@ func (s *Source) acquire(p watchcache.Partition) (*identity, error) {
 		}
 	}
 	id.refs++
-	id.lastUsed = time.Now()
+	s.touchLocked(id, time.Now())
 	return id, nil
 }
 
 // release ends a use of id that acquire began.
 func (s *Source) release(id *identity) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	id.refs--
 	id.lastUsed = time.Now()
-	var closeNow []*identity
-	if id.retired && id.refs == 0 {
-		if _, ok := s.open[id]; ok {
-			delete(s.open, id)
-			closeNow = append(closeNow, id)
-		}
-	}
-	s.mu.Unlock()
-	s.closeClients(closeNow)
 }
 
-// stale reports whether id was replaced or dropped: entries using it
-// should move to the identity's current client.
+// reacquire is acquire for an identity an entry already used, which may
+// have left the pool since (idle, or beyond MaxIdentities): the entry goes
+// on with it unless its credentials were revoked.
+func (s *Source) reacquire(id *identity) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id.revoked || s.closed {
+		return false
+	}
+	id.refs++
+	return true
+}
+
+// stale reports whether id's credentials were revoked: entries using it
+// should move to the user's current identity.
 func (s *Source) stale(id *identity) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return id.retired || s.closed
+	return id.revoked || s.closed
 }
 
 // rejected is called when etcd rejected id's credentials: the identity
@@ -212,34 +228,37 @@ func (s *Source) rejected(id *identity) {
 		return // the own identity stays: its configuration is what it is
 	}
 	s.mu.Lock()
-	if id.retired {
+	if id.revoked {
 		s.mu.Unlock()
 		return
 	}
-	closeNow := s.retireLocked(id, nil)
+	s.revokeLocked(id)
 	s.mu.Unlock()
-	s.closeClients(closeNow)
 	s.log.Warn("etcdkv: etcd rejected the credentials of an identity; it must log in again", "user", id.user)
 }
 
-// retireLocked takes id out of the pool; its client is appended to
-// closeNow if no one uses it, and closed by the last release otherwise.
-func (s *Source) retireLocked(id *identity, closeNow []*identity) []*identity {
+// unpoolLocked takes id out of the pool: a request for its Partition
+// needs a Login again. Entries that use it carry on with it.
+func (s *Source) unpoolLocked(id *identity) {
 	if s.pool[id.user] == id {
 		delete(s.pool, id.user)
 	}
-	id.retired = true
-	if _, ok := s.open[id]; ok && id.refs == 0 {
-		delete(s.open, id)
-		closeNow = append(closeNow, id)
+	if id.lru != nil {
+		s.lru.Remove(id.lru)
+		id.lru = nil
 	}
-	return closeNow
 }
 
-// janitor closes the clients of identities unused for IdentityIdleTTL.
-// Close stops it.
+// revokeLocked takes id out of the pool for good: entries that use it
+// move at their next fetch to the user's current identity, or fail with
+// ErrUnknownIdentity until the user logs in again.
+func (s *Source) revokeLocked(id *identity) {
+	s.unpoolLocked(id)
+	id.revoked = true
+}
+
+// janitor drops identities unused for IdentityIdleTTL. Close stops it.
 func (s *Source) janitor() {
-	defer s.janitorW.Done()
 	every := max(s.cfg.IdentityIdleTTL/2, 100*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -249,17 +268,22 @@ func (s *Source) janitor() {
 			return
 		case now := <-t.C:
 			s.mu.Lock()
-			var closeNow []*identity
-			for _, id := range s.pool {
-				if id.refs == 0 && now.Sub(id.lastUsed) > s.cfg.IdentityIdleTTL {
-					closeNow = s.retireLocked(id, closeNow)
+			n := 0
+			for e := s.lru.Back(); e != nil; {
+				id := e.Value.(*identity)
+				e = e.Prev()
+				if now.Sub(id.lastUsed) <= s.cfg.IdentityIdleTTL {
+					break // the rest were used more recently
+				}
+				if id.refs == 0 {
+					s.unpoolLocked(id)
+					n++
 				}
 			}
 			s.mu.Unlock()
-			for _, id := range closeNow {
-				s.log.Debug("etcdkv: closing the client of an idle identity", "user", id.user)
+			if n > 0 {
+				s.log.Debug("etcdkv: dropped idle identities", "count", n)
 			}
-			s.closeClients(closeNow)
 		}
 	}
 }

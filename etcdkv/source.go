@@ -1,6 +1,7 @@
 package etcdkv
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -12,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Defaults for Config.
@@ -22,6 +24,31 @@ const (
 	DefaultLoginTTL           = 30 * time.Second
 	DefaultResetCheckInterval = 5 * time.Second
 	DefaultReadYourWritesWait = 2 * time.Second
+	DefaultMaxIdentities      = 1000
+	DefaultAuthCheckInterval  = time.Second
+)
+
+// AccessCheck says when the source confirms, with etcd, that an identity
+// may still read what its cache entries hold. etcd checks a watch's
+// permission only when the watch is created: after a revocation the watch
+// keeps streaming, so the source checks for itself.
+type AccessCheck int
+
+const (
+	// AccessCheckStrict confirms every change before it is delivered: a
+	// count-only linearizable read by the entry's identity of the entry's
+	// key or range, started after the change was seen (one request per
+	// identity covers every entry of it that changed meanwhile). No value
+	// written after a revocation returned reaches the identity, by any
+	// path. Cached reads are confirmed again whenever etcd's auth store
+	// changed (AuthCheckInterval).
+	AccessCheckStrict AccessCheck = iota
+
+	// AccessCheckBounded confirms access only after etcd's auth store
+	// changed, which the source learns every AuthCheckInterval: values
+	// written up to that long after a revocation may still reach the
+	// identity. It saves one read per change and identity.
+	AccessCheckBounded
 )
 
 // Config configures a Source. Only Endpoints is required.
@@ -68,6 +95,23 @@ type Config struct {
 	// from etcd directly; 0 means DefaultReadYourWritesWait.
 	ReadYourWritesWait time.Duration
 
+	// MaxIdentities bounds the identities (users logged in with Login)
+	// the source holds: beyond it the least recently used one that no
+	// request or cache entry uses is dropped, and must log in again. 0
+	// means DefaultMaxIdentities. Identities share the source's one
+	// connection to etcd, so each costs its credentials and token.
+	MaxIdentities int
+
+	// AccessCheck says when access is confirmed; the zero value is
+	// AccessCheckStrict.
+	AccessCheck AccessCheck
+
+	// AuthCheckInterval is how often the source asks etcd whether its auth
+	// store changed (users, roles, permissions, enabling auth); after a
+	// change every identity's access is confirmed again before a cached
+	// value is returned. 0 means DefaultAuthCheckInterval; at most 1s.
+	AuthCheckInterval time.Duration
+
 	// QueryTimeout and LastGetTTL are passed to the kinds Register creates
 	// (see watchcache.KindOptions); 0 means the cache's defaults.
 	QueryTimeout time.Duration
@@ -96,6 +140,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		{"IdentityIdleTTL", &cfg.IdentityIdleTTL, DefaultIdentityIdleTTL},
 		{"ResetCheckInterval", &cfg.ResetCheckInterval, DefaultResetCheckInterval},
 		{"ReadYourWritesWait", &cfg.ReadYourWritesWait, DefaultReadYourWritesWait},
+		{"AuthCheckInterval", &cfg.AuthCheckInterval, DefaultAuthCheckInterval},
 	} {
 		switch {
 		case *d.v < 0:
@@ -103,6 +148,16 @@ func (cfg Config) withDefaults() (Config, error) {
 		case *d.v == 0:
 			*d.v = d.def
 		}
+	}
+	switch {
+	case cfg.AuthCheckInterval > time.Second:
+		return cfg, invalidf("Config.AuthCheckInterval %v is over the 1s bound on how long a revocation may go unnoticed", cfg.AuthCheckInterval)
+	case cfg.MaxIdentities < 0:
+		return cfg, invalidf("negative Config.MaxIdentities %d", cfg.MaxIdentities)
+	case cfg.MaxIdentities == 0:
+		cfg.MaxIdentities = DefaultMaxIdentities
+	case cfg.AccessCheck != AccessCheckStrict && cfg.AccessCheck != AccessCheckBounded:
+		return cfg, invalidf("unknown Config.AccessCheck %d", cfg.AccessCheck)
 	}
 	if cfg.QueryTimeout < 0 || cfg.LastGetTTL < 0 {
 		return cfg, invalidf("negative Config.QueryTimeout or Config.LastGetTTL")
@@ -134,14 +189,20 @@ type Source struct {
 	// watch is created from revision rev, after the read it follows.
 	testHookBeforeWatch func(sp spec, rev int64)
 
-	mu       sync.Mutex // protects the fields below; never held during a request to etcd
-	own      *identity  // the source's own identity (Config.Username or anonymous)
-	pool     map[string]*identity
-	open     map[*identity]struct{} // every identity whose client is open, pooled or retired
-	authOff  time.Time              // until then, Login knows etcd's authentication is off
-	closed   bool
-	stopJan  chan struct{} // closed by Close to stop the janitor
-	janitorW sync.WaitGroup
+	// conn is the one etcd client every identity's requests go over, each
+	// with its identity's token (token.go). It has no credentials itself.
+	conn *clientv3.Client
+
+	auth authState // what the source knows of etcd's auth store (access.go)
+
+	mu      sync.Mutex // protects the fields below; never held during a request to etcd
+	own     *identity  // the source's own identity (Config.Username or anonymous)
+	pool    map[string]*identity
+	lru     list.List // pooled identities, most recently used first
+	authOff time.Time // until then, Login knows etcd's authentication is off
+	closed  bool
+	stopJan chan struct{}  // closed by Close to stop the janitor and the auth watcher
+	bg      sync.WaitGroup // the source's goroutines; Close waits for them
 }
 
 // New connects to etcd with the source's own identity and returns the
@@ -157,43 +218,42 @@ func New(cfg Config) (*Source, error) {
 		log:     cfg.Logger,
 		secret:  make([]byte, 32),
 		pool:    make(map[string]*identity),
-		open:    make(map[*identity]struct{}),
 		stopJan: make(chan struct{}),
 	}
 	if _, err := rand.Read(s.secret); err != nil {
 		return nil, fmt.Errorf("etcdkv: %w", err)
 	}
 	s.writes.init()
-	cli, err := s.newClient(cfg.Username, cfg.Password)
-	if err != nil {
-		return nil, wrapErr("connecting as the source's own identity", err)
-	}
-	s.own = &identity{user: cfg.Username, cli: cli}
-	s.open[s.own] = struct{}{}
-	s.janitorW.Add(1)
-	go s.janitor()
-	return s, nil
-}
-
-// newClient makes an etcd client that logs in as user (anonymous if user
-// is empty).
-func (s *Source) newClient(user, password string) (*clientv3.Client, error) {
+	s.auth.init()
 	cc := clientv3.Config{
-		Endpoints:   s.cfg.Endpoints,
-		Username:    user,
-		Password:    password,
-		DialTimeout: s.cfg.DialTimeout,
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.DialTimeout,
 		// The client logs retries at warn level on its own; the source
 		// reports what matters through slog.
 		Logger: zap.NewNop(),
 	}
-	if s.cfg.ConfigureClient != nil {
-		s.cfg.ConfigureClient(&cc)
+	if cfg.ConfigureClient != nil {
+		cfg.ConfigureClient(&cc)
 	}
-	return clientv3.New(cc)
+	// After ConfigureClient, which may replace DialOptions: without it an
+	// identity whose token etcd invalidated would fail instead of renewing.
+	cc.DialOptions = append(cc.DialOptions, grpc.WithChainUnaryInterceptor(renewInterceptor))
+	if s.conn, err = clientv3.New(cc); err != nil {
+		return nil, wrapErr("connecting", err)
+	}
+	s.own = &identity{s: s, user: cfg.Username, password: cfg.Password}
+	if cfg.Username != "" {
+		if err := s.own.renew(context.Background(), ""); err != nil {
+			s.conn.Close()
+			return nil, fmt.Errorf("etcdkv: the source's own identity %q: %w", cfg.Username, err)
+		}
+	}
+	s.goBackground(s.janitor)
+	s.goBackground(s.watchAuth)
+	return s, nil
 }
 
-// Close closes every etcd client of the source and stops its janitor. It
+// Close closes the source's etcd client and stops its background work. It
 // returns once they are gone. Later calls return ErrClosed; requests made
 // after Close fail with ErrClosed.
 func (s *Source) Close() error {
@@ -203,41 +263,38 @@ func (s *Source) Close() error {
 		return ErrClosed
 	}
 	s.closed = true
-	ids := make([]*identity, 0, len(s.open))
-	for id := range s.open {
-		ids = append(ids, id)
-	}
-	clear(s.open)
 	clear(s.pool)
+	s.lru.Init()
 	s.mu.Unlock()
 
 	close(s.stopJan)
-	s.janitorW.Wait()
-	var errs []error
-	for _, id := range ids {
-		if err := id.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("etcdkv: closing clients: %w", err)
+	s.bg.Wait()
+	if err := s.conn.Close(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("etcdkv: closing the client: %w", err)
 	}
 	return nil
+}
+
+// goBackground runs f on a goroutine that Close waits for, unless the
+// source is closed. It reports whether it started f.
+func (s *Source) goBackground(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		f()
+	}()
+	return true
 }
 
 func (s *Source) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closed
-}
-
-// closeClients closes the clients of ids, outside s.mu.
-func (s *Source) closeClients(ids []*identity) {
-	for _, id := range ids {
-		if err := id.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
-			s.log.Warn("etcdkv: closing a client", "user", id.user, "error", err)
-		}
-	}
 }
 
 var _ io.Closer = (*Source)(nil)

@@ -46,6 +46,11 @@ type watchState[V any] struct {
 	failed    bool      // the last fetch failed: the next success is reported at once (recovery)
 	failedAt  time.Time // when it failed: only a probe started later tells of a recovery
 
+	// unconfirmed is set while value holds changes from the watch that
+	// the identity's access was not confirmed for (access.go); value's
+	// epoch is the auth epoch it was last confirmed in.
+	unconfirmed bool
+
 	closeOnce sync.Once
 }
 
@@ -80,6 +85,11 @@ func fetchRange[V any](ctx context.Context, s *Source, sp spec, derive func(spec
 // it, so a re-read does not wake watchers for nothing.
 func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Partition, derive func(spec, []KeyValue) V, prev *watchState[V]) (*watchState[V], error) {
 	id, err := s.acquire(p)
+	if errors.Is(err, ErrUnknownIdentity) && prev != nil && s.reacquire(prev.id) {
+		// The identity left the pool (idle, or beyond MaxIdentities) but
+		// its credentials stand: the entry keeps it.
+		id, err = prev.id, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -137,8 +147,12 @@ func freshIndex(sp spec, kvs []KeyValue, rev int64) uint64 {
 // the keys are the same as before, unless fresh says the store was reset
 // (then the read's index is delivered even if the keys look the same:
 // they belong to another history).
+//
+// The read is made with the identity's token, so it confirms the
+// identity's access (access.go) in the epoch it began in.
 func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 	st.stopWatch()
+	epoch := st.s.auth.epoch.Load()
 	kvs, rev, err := st.s.read(ctx, st.id, st.sp)
 	if err != nil {
 		return err
@@ -153,13 +167,45 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 			"range", st.sp.describe(), "seen", st.rev, "now", rev)
 	case sameKVs(kvs, st.kvs):
 		st.rev, st.revAt = rev, time.Now()
+		st.confirmed(epoch)
 		return st.startWatch(ctx, rev+1)
 	}
 	st.kvs = kvs
 	st.value = st.derive(st.sp, kvs)
 	st.index = freshIndex(st.sp, kvs, rev)
 	st.rev, st.revAt = rev, time.Now()
+	st.confirmed(epoch)
 	return st.startWatch(ctx, rev+1)
+}
+
+// confirmed records that the identity's access to the state's value was
+// confirmed in epoch.
+func (st *watchState[V]) confirmed(epoch uint64) {
+	st.unconfirmed = false
+	if v, ok := any(&st.value).(epochSetter); ok {
+		v.setEpoch(epoch)
+	}
+}
+
+// confirm checks the identity's access to the range with etcd (see
+// access.go). When it is gone the watch stops: nothing more streams for an
+// identity that may not read it.
+func (st *watchState[V]) confirm(ctx context.Context) error {
+	epoch, err := st.s.checkAccess(ctx, st.id, st.sp)
+	if err != nil {
+		if accessClass(err) != nil {
+			st.stopWatch()
+		}
+		return err
+	}
+	st.confirmed(epoch)
+	return nil
+}
+
+// needsConfirm reports whether the state's value must be confirmed before
+// it is returned.
+func (st *watchState[V]) needsConfirm() bool {
+	return st.s.needsCheck(epochOf(st.value), st.unconfirmed)
 }
 
 // startWatch starts the entry's watch at revision from. The watch lives
@@ -179,7 +225,7 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 	if st.sp.isRange() {
 		opts = append(opts, clientv3.WithRange(st.sp.end()))
 	}
-	wch := st.id.cli.Watch(wctx, st.sp.start(), opts...)
+	wch := st.s.conn.Watch(st.id.ctx(wctx), st.sp.start(), opts...)
 	established := stop()
 	rcancel()
 	if !established {
@@ -195,13 +241,9 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 
 // wait is a blocking fetch: it returns when the range changed, when
 // opts.Timeout ends (with the same index), or with an error when etcd
-// cannot be reached. See fetchRange.
+// cannot be reached or the identity's access is gone. See fetchRange.
 func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[V]) (watchcache.FetchResult[V], error) {
 	var none watchcache.FetchResult[V]
-	if st.index != opts.MinIndex {
-		// A fetch whose result the cache discarded moved the state on.
-		return st.result(), nil
-	}
 	timeout := time.NewTimer(opts.Timeout)
 	defer timeout.Stop()
 	check := time.NewTimer(time.Hour)
@@ -219,10 +261,23 @@ func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[
 		st.failed, st.failedAt = true, time.Now()
 		return none, err
 	}
+	// succeed returns the state's value once the identity's access to it
+	// is confirmed, as access.go requires.
 	succeed := func() (watchcache.FetchResult[V], error) {
+		if st.needsConfirm() {
+			if err := st.confirm(ctx); err != nil {
+				return fail(err)
+			}
+		}
 		st.failed = false
 		return st.result(), nil
 	}
+	if st.index != opts.MinIndex {
+		// A fetch whose result the cache discarded (or that failed while
+		// confirming access) moved the state on.
+		return succeed()
+	}
+	_, authChanged := st.s.auth.current()
 
 	resyncs := 0
 	for {
@@ -244,10 +299,25 @@ func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[
 		case wr, ok := <-st.wch:
 			changed, err := st.take(wr, ok)
 			switch {
+			case errors.Is(err, errWatchRefused):
+				// etcd refuses a watch whose token is stale (any auth
+				// change makes it so) with the words it uses for a real
+				// denial; a checked read renews the token or tells which.
+				if err := st.confirm(ctx); err != nil {
+					return fail(err)
+				}
+				st.stopWatch() // the next round re-reads and watches with the new token
 			case err != nil:
 				return fail(err)
 			case changed:
 				st.drain()
+				return succeed()
+			}
+		case <-authChanged:
+			// etcd's auth store changed: confirm access now, so that a
+			// revocation ends the entry's watchers even if nothing changes.
+			_, authChanged = st.s.auth.current()
+			if st.needsConfirm() {
 				return succeed()
 			}
 		case <-check.C:
@@ -274,16 +344,20 @@ func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[
 	}
 }
 
+// errWatchRefused is take's report of a watch that etcd cancelled for an
+// access reason, which may be a stale token rather than a denial.
+var errWatchRefused = errors.New("etcdkv: watch refused")
+
 // take applies one watch response. It reports whether the range changed.
 // A watch that ended (compacted, no leader, closed) leaves st.wch nil for
-// a re-read, except on access errors, which are returned.
+// a re-read; one that etcd refused returns errWatchRefused.
 func (st *watchState[V]) take(wr clientv3.WatchResponse, ok bool) (changed bool, err error) {
 	if !ok || wr.Canceled || wr.Err() != nil {
 		err := wr.Err()
 		st.stopWatch()
 		switch {
 		case accessClass(err) != nil:
-			return false, st.s.failed(st.id, wrapErr("watch "+st.sp.describe(), err))
+			return false, errWatchRefused
 		case errors.Is(err, rpctypes.ErrCompacted):
 			st.s.log.Info("etcdkv: watch fell behind a compaction; reading the current state",
 				"range", st.sp.describe(), "compact_revision", wr.CompactRevision)
@@ -297,7 +371,12 @@ func (st *watchState[V]) take(wr clientv3.WatchResponse, ok bool) (changed bool,
 		return false, nil // progress notification
 	}
 	st.kvs = applyEvents(st.kvs, wr.Events, st.sp.keysOnly())
+	epoch := epochOf(st.value)
 	st.value = st.derive(st.sp, st.kvs)
+	if v, ok := any(&st.value).(epochSetter); ok {
+		v.setEpoch(epoch) // the state's last confirmation; AccessCheckBounded relies on it
+	}
+	st.unconfirmed = true
 	last := wr.Events[len(wr.Events)-1].Kv.ModRevision
 	st.index = uint64(last)
 	st.observe(last)
@@ -312,7 +391,7 @@ func (st *watchState[V]) drain() {
 		select {
 		case wr, ok := <-st.wch:
 			if _, err := st.take(wr, ok); err != nil {
-				return // st.wch is nil: the next fetch re-reads and reports it
+				return // st.wch is nil: the next fetch re-reads, which tells
 			}
 		default:
 			return
@@ -334,7 +413,7 @@ func (st *watchState[V]) checkRevision(ctx context.Context) (int64, error) {
 	return st.id.probe.check(ctx, since, func(ctx context.Context) (int64, error) {
 		ctx, cancel := context.WithTimeout(ctx, st.s.cfg.RequestTimeout)
 		defer cancel()
-		resp, err := st.id.cli.Get(ctx, st.sp.probeKey(), clientv3.WithCountOnly())
+		resp, err := st.s.conn.Get(st.id.ctx(ctx), st.sp.probeKey(), clientv3.WithCountOnly())
 		if err != nil {
 			return 0, st.s.failed(st.id, wrapErr("checking etcd's revision for "+st.sp.describe(), err))
 		}
@@ -347,7 +426,7 @@ func (st *watchState[V]) checkRevision(ctx context.Context) (int64, error) {
 func (s *Source) read(ctx context.Context, id *identity, sp spec) ([]KeyValue, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	resp, err := id.cli.Get(ctx, sp.start(), sp.readOpts()...)
+	resp, err := s.conn.Get(id.ctx(ctx), sp.start(), sp.readOpts()...)
 	if err != nil {
 		return nil, 0, s.failed(id, wrapErr("read "+sp.describe(), err))
 	}

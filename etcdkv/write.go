@@ -27,7 +27,7 @@ func (s *Source) Put(ctx context.Context, p watchcache.Partition, key string, va
 		return 0, err
 	}
 	defer s.release(id)
-	resp, err := id.cli.Put(ctx, key, string(value))
+	resp, err := s.conn.Put(id.ctx(ctx), key, string(value))
 	if err != nil {
 		return 0, s.failed(id, wrapErr("put "+strconv.Quote(key), err))
 	}
@@ -53,7 +53,7 @@ func (s *Source) CompareAndSwap(ctx context.Context, p watchcache.Partition, key
 	}
 	defer s.release(id)
 	// A key that does not exist has ModRevision 0 in comparisons.
-	resp, err := id.cli.Txn(ctx).
+	resp, err := s.conn.Txn(id.ctx(ctx)).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
 		Then(clientv3.OpPut(key, string(value))).
 		Commit()
@@ -78,7 +78,7 @@ func (s *Source) Delete(ctx context.Context, p watchcache.Partition, key string)
 		return 0, err
 	}
 	defer s.release(id)
-	resp, err := id.cli.Delete(ctx, key)
+	resp, err := s.conn.Delete(id.ctx(ctx), key)
 	if err != nil {
 		return 0, s.failed(id, wrapErr("delete "+strconv.Quote(key), err))
 	}
@@ -101,7 +101,7 @@ func (s *Source) DeletePrefix(ctx context.Context, p watchcache.Partition, prefi
 	}
 	defer s.release(id)
 	sp := spec{kind: kindPrefix, key: prefix}
-	resp, err := id.cli.Delete(ctx, sp.start(), clientv3.WithRange(sp.end()))
+	resp, err := s.conn.Delete(id.ctx(ctx), sp.start(), clientv3.WithRange(sp.end()))
 	if err != nil {
 		return 0, s.failed(id, wrapErr("delete prefix "+strconv.Quote(prefix), err))
 	}
@@ -130,7 +130,7 @@ func (s *Source) DeleteCAS(ctx context.Context, p watchcache.Partition, key stri
 		return false, 0, err
 	}
 	defer s.release(id)
-	resp, err := id.cli.Txn(ctx).
+	resp, err := s.conn.Txn(id.ctx(ctx)).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
 		Then(clientv3.OpDelete(key)).
 		Commit()

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/agent"
 	"github.com/watchcache/watchcache/internal/devetcd"
 )
@@ -39,6 +40,9 @@ type agentOptions struct {
 	entryFetchRate  float64
 	entryFetchBurst int
 	maxEntries      int
+	maxIdentities   int
+	accessCheck     etcdkv.AccessCheck
+	authCheck       time.Duration
 	datacenter      string
 	shutdownTimeout time.Duration
 }
@@ -63,6 +67,8 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 		logLevel:        slog.LevelInfo,
 		datacenter:      defaultDatacenter,
 		shutdownTimeout: defaultShutdownTimeout,
+		maxIdentities:   etcdkv.DefaultMaxIdentities,
+		authCheck:       etcdkv.DefaultAuthCheckInterval,
 	}
 	c := newCommand("agent", "(-dev | -etcd host:port,...) [options]", agentAbout, stderr)
 	fs := c.fs
@@ -77,10 +83,14 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 	fs.Var(floatValue{&o.entryFetchRate}, "entry-fetch-rate", "etcd fetches per second allowed per cache entry, a `number` (0: no limit)")
 	fs.Var(intValue{&o.entryFetchBurst}, "entry-fetch-burst", "`number` of fetches a cache entry may make at once under -entry-fetch-rate (0: 2)")
 	fs.Var(intValue{&o.maxEntries}, "max-entries", "most cache `entries`; the least recently used unwatched ones are evicted (0: no bound)")
+	fs.Var(intValue{&o.maxIdentities}, "max-identities", "most etcd `identities` (users from basic auth or tokens) held; the least recently\nused are dropped and must authenticate again (0: 1000)")
+	fs.Var(accessCheckValue{&o.accessCheck}, "access-check", "when an identity's access is confirmed with etcd: `strict` (every change, so no\nvalue written after a revocation reaches it) or bounded (only after etcd's\nauth store changed: up to -auth-check-interval late)")
+	fs.Var(maxDurationValue{&o.authCheck, time.Second}, "auth-check-interval", "how often etcd is asked whether its users, roles or permissions changed,\na `duration` of at most 1s")
 	fs.StringVar(&o.datacenter, "datacenter", defaultDatacenter, "`name` of the datacenter the agent answers ?dc= for")
 	fs.Var(durationValue{&o.shutdownTimeout}, "shutdown-timeout", "`duration` open requests may take to finish on shutdown")
 	c.withEnv("http-addr", "dev", "dev-etcd-addr", "etcd", "etcd-username", "etcd-password", "tokens",
-		"log-level", "entry-fetch-rate", "entry-fetch-burst", "max-entries", "datacenter", "shutdown-timeout")
+		"log-level", "entry-fetch-rate", "entry-fetch-burst", "max-entries", "max-identities", "access-check",
+		"auth-check-interval", "datacenter", "shutdown-timeout")
 
 	if code, ok := c.parse(args, stdout, getenv); !ok {
 		return o, code, false
@@ -167,15 +177,18 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 	}
 
 	a, err := agent.New(agent.Config{
-		Datacenter:      o.datacenter,
-		EtcdEndpoints:   endpoints,
-		EtcdUsername:    o.etcdUsername,
-		EtcdPassword:    o.etcdPassword,
-		Tokens:          o.tokens,
-		EntryFetchRate:  rate.Limit(o.entryFetchRate),
-		EntryFetchBurst: o.entryFetchBurst,
-		MaxEntries:      o.maxEntries,
-		Logger:          log,
+		Datacenter:        o.datacenter,
+		EtcdEndpoints:     endpoints,
+		EtcdUsername:      o.etcdUsername,
+		EtcdPassword:      o.etcdPassword,
+		Tokens:            o.tokens,
+		EntryFetchRate:    rate.Limit(o.entryFetchRate),
+		EntryFetchBurst:   o.entryFetchBurst,
+		MaxEntries:        o.maxEntries,
+		MaxIdentities:     o.maxIdentities,
+		AccessCheck:       o.accessCheck,
+		AuthCheckInterval: o.authCheck,
+		Logger:            log,
 	})
 	if err != nil {
 		return err

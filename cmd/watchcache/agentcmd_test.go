@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/agent"
 )
 
@@ -22,6 +23,8 @@ func defaultsWith(mod func(*agentOptions)) agentOptions {
 		logLevel:        slog.LevelInfo,
 		datacenter:      "dc1",
 		shutdownTimeout: 30 * time.Second,
+		maxIdentities:   1000,
+		authCheck:       time.Second,
 	}
 	mod(&o)
 	return o
@@ -48,13 +51,14 @@ func TestAgentOptions(t *testing.T) {
 		{"every flag", []string{"-dev", "-http-addr", "0.0.0.0:9500", "-dev-etcd-addr", "127.0.0.1:12379",
 			"-etcd-username", "agent", "-etcd-password", "pw", "-tokens", tokensFile, "-log-level", "DEBUG",
 			"-entry-fetch-rate", "2.5", "-entry-fetch-burst", "4", "-max-entries", "1000", "-datacenter", "eu1",
-			"-shutdown-timeout", "5s"}, nil,
+			"-shutdown-timeout", "5s", "-max-identities", "50", "-access-check", "bounded", "-auth-check-interval", "250ms"}, nil,
 			defaultsWith(func(o *agentOptions) {
 				o.dev, o.httpAddr, o.devEtcdAddr = true, "0.0.0.0:9500", "127.0.0.1:12379"
 				o.etcdUsername, o.etcdPassword = "agent", "pw"
 				o.tokensFile, o.tokens = tokensFile, map[string]agent.Credentials{"t1": {User: "alice", Password: "pw"}}
 				o.logLevel, o.entryFetchRate, o.entryFetchBurst, o.maxEntries = slog.LevelDebug, 2.5, 4, 1000
 				o.datacenter, o.shutdownTimeout = "eu1", 5*time.Second
+				o.maxIdentities, o.accessCheck, o.authCheck = 50, etcdkv.AccessCheckBounded, 250*time.Millisecond
 			})},
 		{"every variable", nil, map[string]string{
 			"WATCHCACHE_ETCD": "a:2379,b:2379", "WATCHCACHE_HTTP_ADDR": "127.0.0.1:9500",
@@ -117,6 +121,8 @@ func TestAgentOptionErrors(t *testing.T) {
 		{"rate infinite", []string{"-dev", "-entry-fetch-rate", "+Inf"}, nil, []string{"-entry-fetch-rate", "not a number"}},
 		{"burst not an integer", []string{"-dev", "-entry-fetch-burst", "1.5"}, nil, []string{"-entry-fetch-burst", "not an integer"}},
 		{"negative max entries", []string{"-dev", "-max-entries", "-3"}, nil, []string{"-max-entries", "must not be negative"}},
+		{"unknown access check", []string{"-dev", "-access-check", "lax"}, nil, []string{"-access-check", "want strict or bounded"}},
+		{"auth check interval over 1s", []string{"-dev", "-auth-check-interval", "5s"}, nil, []string{"-auth-check-interval", "must be at most 1s"}},
 		{"bad log level", []string{"-dev", "-log-level", "loud"}, nil, []string{"-log-level", "debug, info, warn or error"}},
 		{"duration without unit", []string{"-dev", "-shutdown-timeout", "10"}, nil, []string{"-shutdown-timeout", "not a duration"}},
 		{"zero duration", []string{"-dev", "-shutdown-timeout", "0s"}, nil, []string{"-shutdown-timeout", "must be positive"}},

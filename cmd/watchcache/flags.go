@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/watchcache/watchcache/etcdkv"
 )
 
 // command is one subcommand's flags, each optionally with an environment
@@ -288,5 +290,47 @@ func (v listValue) Set(s string) error {
 		return errors.New("empty list")
 	}
 	*v.p = items
+	return nil
+}
+
+// accessCheckValue is etcdkv's AccessCheck by name: strict or bounded.
+type accessCheckValue struct{ p *etcdkv.AccessCheck }
+
+func (v accessCheckValue) String() string {
+	if v.p != nil && *v.p == etcdkv.AccessCheckBounded {
+		return "bounded"
+	}
+	return "strict"
+}
+
+func (v accessCheckValue) Set(s string) error {
+	switch strings.TrimSpace(s) {
+	case "strict":
+		*v.p = etcdkv.AccessCheckStrict
+	case "bounded":
+		*v.p = etcdkv.AccessCheckBounded
+	default:
+		return errors.New("want strict or bounded")
+	}
+	return nil
+}
+
+// maxDurationValue is a positive duration of at most max.
+type maxDurationValue struct {
+	p   *time.Duration
+	max time.Duration
+}
+
+func (v maxDurationValue) String() string { return durationValue{v.p}.String() }
+
+func (v maxDurationValue) Set(s string) error {
+	var d time.Duration
+	if err := (durationValue{&d}).Set(s); err != nil {
+		return err
+	}
+	if d > v.max {
+		return fmt.Errorf("must be at most %v", v.max)
+	}
+	*v.p = d
 	return nil
 }

@@ -70,6 +70,14 @@ type Config struct {
 	EntryFetchBurst int
 	MaxEntries      int
 
+	// MaxIdentities bounds the etcd identities held (0: 1,000); AccessCheck
+	// says when each identity's access is confirmed with etcd (strict by
+	// default) and AuthCheckInterval how often etcd's auth store is asked
+	// whether it changed (0: 1s). See etcdkv.Config.
+	MaxIdentities     int
+	AccessCheck       etcdkv.AccessCheck
+	AuthCheckInterval time.Duration
+
 	// WriteTimeout bounds each write to etcd; default 10s.
 	WriteTimeout time.Duration
 
@@ -129,10 +137,13 @@ func New(cfg Config) (*Agent, error) {
 		log = slog.Default()
 	}
 	ecfg := etcdkv.Config{
-		Endpoints: cfg.EtcdEndpoints,
-		Username:  cfg.EtcdUsername,
-		Password:  cfg.EtcdPassword,
-		Logger:    log,
+		Endpoints:         cfg.EtcdEndpoints,
+		Username:          cfg.EtcdUsername,
+		Password:          cfg.EtcdPassword,
+		MaxIdentities:     cfg.MaxIdentities,
+		AccessCheck:       cfg.AccessCheck,
+		AuthCheckInterval: cfg.AuthCheckInterval,
+		Logger:            log,
 	}
 	if cfg.Etcd != nil {
 		cfg.Etcd(&ecfg)

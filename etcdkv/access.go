@@ -1,0 +1,250 @@
+package etcdkv
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Access after revocation.
+//
+// etcd checks a watch's permission once, when the watch is created; after
+// a user loses access (a permission or role revoked, the user or role
+// deleted, the password changed) the watch goes on streaming. An entry
+// therefore confirms its identity's access itself before what it learned
+// from the watch reaches anyone:
+//
+//   - Each change. With AccessCheckStrict (the default), a change from the
+//     watch is published only after a count-only linearizable read of the
+//     entry's key or range by the entry's identity succeeds. The read starts
+//     after the change was seen, and a linearizable read sees every auth
+//     change committed before it began, so a change written after a
+//     revocation returned is never published: the read fails with
+//     "permission denied" (or the identity's token cannot be renewed) and the
+//     entry publishes that, fatally, instead. Checks of one identity are
+//     batched: entries that changed while a check was in flight share the
+//     next one (one read-only transaction of count-only ranges).
+//   - Each auth change. A watcher (watchAuth) asks etcd for its auth
+//     revision every AuthCheckInterval (at most 1 s). When it moved, the
+//     auth epoch is bumped: waiting entries confirm access at once (and
+//     publish the denial if it is gone, ending their watchers' streams), and
+//     a cached value returned by the Kinds' Get methods is confirmed first
+//     unless it was confirmed in the current epoch. With AccessCheckBounded
+//     this is the only check: changes are confirmed only in a new epoch, so
+//     for up to AuthCheckInterval after a revocation its writes may still
+//     reach the identity.
+//
+// A value read from etcd (an entry's first read, a re-read) is its own
+// check: the read was made with the identity's token.
+
+// authState is what the source knows of etcd's auth store.
+type authState struct {
+	// epoch counts the auth store changes the source noticed; a value
+	// confirmed in an older epoch must be confirmed again.
+	epoch atomic.Uint64
+	// off is set while etcd reports authentication disabled: there is no
+	// access to lose, so nothing is checked.
+	off atomic.Bool
+	// checks counts the check requests sent to etcd, for benchmarks.
+	checks atomic.Int64
+
+	mu      sync.Mutex    // protects changed
+	changed chan struct{} // closed and replaced when epoch moves
+}
+
+func (a *authState) init() {
+	a.changed = make(chan struct{})
+}
+
+// current returns the epoch and the channel its end closes.
+func (a *authState) current() (uint64, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.epoch.Load(), a.changed
+}
+
+// bump starts a new epoch.
+func (a *authState) bump() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.epoch.Add(1)
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+// watchAuth polls etcd's auth status and bumps the epoch when the auth
+// revision or the enabled flag moved. AuthStatus goes through Raft, so it
+// is asked once per interval for the whole source, not per entry. A
+// failed poll changes nothing: while etcd is unreachable no new value can
+// arrive either, and the next successful poll tells what changed.
+func (s *Source) watchAuth() {
+	t := time.NewTicker(s.cfg.AuthCheckInterval)
+	defer t.Stop()
+	var (
+		known   bool
+		enabled bool
+		rev     uint64
+	)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		resp, err := s.conn.AuthStatus(s.own.ctx(ctx))
+		cancel()
+		switch {
+		case err != nil:
+			s.log.Debug("etcdkv: asking etcd for its auth status", "error", err)
+		case !known || resp.Enabled != enabled || resp.AuthRevision != rev:
+			if known {
+				s.log.Info("etcdkv: etcd's auth store changed; confirming every identity's access again",
+					"enabled", resp.Enabled, "auth_revision", resp.AuthRevision)
+			}
+			known, enabled, rev = true, resp.Enabled, resp.AuthRevision
+			s.auth.off.Store(!enabled)
+			s.auth.bump()
+		}
+		select {
+		case <-t.C:
+		case <-s.stopJan:
+			return
+		}
+	}
+}
+
+// needsCheck reports whether a value confirmed in epoch verified must be
+// confirmed again before it is delivered; change says it holds changes
+// from a watch that were never confirmed.
+func (s *Source) needsCheck(verified uint64, change bool) bool {
+	switch {
+	case s.auth.off.Load():
+		return false
+	case change && s.cfg.AccessCheck == AccessCheckStrict:
+		return true
+	}
+	return verified != s.auth.epoch.Load()
+}
+
+// accessChecker batches the access checks of one identity's entries.
+type accessChecker struct {
+	mu      sync.Mutex // protects the fields below
+	pending []*accessReq
+	running bool // a goroutine is running batches
+}
+
+// accessReq is one range to check. err is written before done is closed
+// and read only after.
+type accessReq struct {
+	sp   spec
+	done chan struct{}
+	err  error
+}
+
+// maxCheckOps bounds the ranges of one check transaction; etcd refuses
+// transactions of more than --max-txn-ops (128 by default) operations.
+const maxCheckOps = 64
+
+// checkAccess confirms that id may read sp now: nil, or an error wrapping
+// ErrPermissionDenied or ErrAuthFailed when it may not, or another error
+// when etcd could not tell. The check starts after the call: whatever the
+// caller saw before is covered. It returns the epoch the check began in.
+func (s *Source) checkAccess(ctx context.Context, id *identity, sp spec) (uint64, error) {
+	epoch := s.auth.epoch.Load()
+	r := &accessReq{sp: sp, done: make(chan struct{})}
+	c := &id.access
+	c.mu.Lock()
+	c.pending = append(c.pending, r)
+	if !c.running {
+		if !s.goBackground(func() { s.runChecks(id) }) {
+			c.pending = c.pending[:len(c.pending)-1]
+			c.mu.Unlock()
+			return epoch, ErrClosed
+		}
+		c.running = true
+	}
+	c.mu.Unlock()
+	select {
+	case <-r.done:
+		return epoch, r.err
+	case <-ctx.Done():
+		return epoch, ctx.Err()
+	}
+}
+
+// runChecks runs batches of id's pending checks until none is left, on a
+// goroutine of its own (the callers wait on their results, each bounded by
+// its context). Each batch starts after all its requests were made.
+func (s *Source) runChecks(id *identity) {
+	c := &id.access
+	for {
+		c.mu.Lock()
+		batch := c.pending
+		c.pending = nil
+		if len(batch) == 0 {
+			c.running = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		for len(batch) > 0 {
+			n := min(len(batch), maxCheckOps)
+			s.checkBatch(id, batch[:n])
+			batch = batch[n:]
+		}
+	}
+}
+
+// checkBatch checks the ranges of reqs with one read-only transaction. If
+// etcd denies it, some range is denied: each is checked on its own to tell
+// which.
+func (s *Source) checkBatch(id *identity, reqs []*accessReq) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	ops := make([]clientv3.Op, len(reqs))
+	for i, r := range reqs {
+		ops[i] = r.sp.checkOp()
+	}
+	s.auth.checks.Add(1)
+	_, err := s.conn.Txn(id.ctx(ctx)).Then(ops...).Commit()
+	if err != nil && len(reqs) > 1 && errors.Is(accessClass(err), ErrPermissionDenied) {
+		for _, r := range reqs {
+			s.auth.checks.Add(1)
+			_, err := s.conn.Txn(id.ctx(ctx)).Then(r.sp.checkOp()).Commit()
+			r.err = s.failed(id, wrapErr("confirming access to "+r.sp.describe(), err))
+			close(r.done)
+		}
+		return
+	}
+	if err != nil {
+		err = s.failed(id, wrapErr("confirming access", err))
+	}
+	for _, r := range reqs {
+		r.err = err
+		close(r.done)
+	}
+}
+
+// checkOp is a count-only read of sp's key or range: etcd checks the
+// identity's permission for it, and answers with little more than a
+// header.
+func (sp spec) checkOp() clientv3.Op {
+	if sp.isRange() {
+		return clientv3.OpGet(sp.start(), clientv3.WithRange(sp.end()), clientv3.WithCountOnly())
+	}
+	return clientv3.OpGet(sp.start(), clientv3.WithCountOnly())
+}
+
+// epochSetter and epochGetter are the values of the kinds, which carry the
+// auth epoch their access was confirmed in.
+type epochSetter interface{ setEpoch(uint64) }
+
+type epochGetter interface{ confirmedEpoch() uint64 }
+
+// epochOf returns the epoch v was confirmed in.
+func epochOf(v any) uint64 {
+	if e, ok := v.(epochGetter); ok {
+		return e.confirmedEpoch()
+	}
+	return 0
+}

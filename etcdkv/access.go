@@ -30,13 +30,14 @@ import (
 //     next one (one read-only transaction of count-only ranges).
 //   - Each auth change. A watcher (watchAuth) asks etcd for its auth
 //     revision every AuthCheckInterval (at most 1 s). When it moved, the
-//     auth epoch is bumped: waiting entries confirm access at once (and
-//     publish the denial if it is gone, ending their watchers' streams), and
-//     a cached value returned by the Kinds' Get methods is confirmed first
-//     unless it was confirmed in the current epoch. With AccessCheckBounded
-//     this is the only check: changes are confirmed only in a new epoch, so
-//     for up to AuthCheckInterval after a revocation its writes may still
-//     reach the identity.
+//     auth epoch is bumped and every entry confirms access at once (its
+//     wait wakes, or its next wait begins so): if access is gone it
+//     publishes the denial, which cached reads then return and which ends
+//     its watchers' streams. Until then, cached reads return a value written
+//     before the revocation at most. With AccessCheckBounded this is the
+//     only check: a change is confirmed only if the epoch moved since the
+//     entry's last confirmation, so for up to AuthCheckInterval after a
+//     revocation its writes may still reach the identity.
 //
 // A value read from etcd (an entry's first read, a re-read) is its own
 // check: the read was made with the identity's token.
@@ -113,9 +114,9 @@ func (s *Source) watchAuth() {
 	}
 }
 
-// needsCheck reports whether a value confirmed in epoch verified must be
-// confirmed again before it is delivered; change says it holds changes
-// from a watch that were never confirmed.
+// needsCheck reports whether an entry last confirmed in epoch verified
+// must confirm again before it delivers its value; change says the value
+// holds changes from a watch that were never confirmed.
 func (s *Source) needsCheck(verified uint64, change bool) bool {
 	switch {
 	case s.auth.off.Load():
@@ -233,18 +234,4 @@ func (sp spec) checkOp() clientv3.Op {
 		return clientv3.OpGet(sp.start(), clientv3.WithRange(sp.end()), clientv3.WithCountOnly())
 	}
 	return clientv3.OpGet(sp.start(), clientv3.WithCountOnly())
-}
-
-// epochSetter and epochGetter are the values of the kinds, which carry the
-// auth epoch their access was confirmed in.
-type epochSetter interface{ setEpoch(uint64) }
-
-type epochGetter interface{ confirmedEpoch() uint64 }
-
-// epochOf returns the epoch v was confirmed in.
-func epochOf(v any) uint64 {
-	if e, ok := v.(epochGetter); ok {
-		return e.confirmedEpoch()
-	}
-	return 0
 }

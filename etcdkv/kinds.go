@@ -2,7 +2,6 @@ package etcdkv
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/watchcache/watchcache"
@@ -100,12 +99,8 @@ func (k *Kinds) GetKeys(ctx context.Context, req watchcache.Request) (KeyList, w
 // ReadYourWritesWait), and failing that reads from etcd directly with the
 // caller's identity. The watch is normally milliseconds behind, so the wait
 // is short; the direct read covers a watch that is stuck or far behind.
-//
-// A cached value is returned only if the caller's access to it was
-// confirmed in the current auth epoch (see access.go); otherwise access is
-// confirmed first.
 func getConsistent[V any](ctx context.Context, s *Source, kind *watchcache.Kind[V], sp spec, derive func(spec, []KeyValue) V, req watchcache.Request) (V, watchcache.ResultMeta, error) {
-	v, meta, err := getConfirmed(ctx, s, kind, sp, req)
+	v, meta, err := kind.Get(ctx, req)
 	if err != nil {
 		return v, meta, err
 	}
@@ -121,7 +116,7 @@ func getConsistent[V any](ctx context.Context, s *Source, kind *watchcache.Kind[
 		}
 		r := req
 		r.MinIndex, r.Timeout = meta.Index, left
-		v2, meta2, err := getConfirmed(ctx, s, kind, sp, r)
+		v2, meta2, err := kind.Get(ctx, r)
 		if err != nil {
 			if ctx.Err() != nil {
 				var zero V
@@ -140,28 +135,6 @@ func getConsistent[V any](ctx context.Context, s *Source, kind *watchcache.Kind[
 	s.log.Debug("etcdkv: entry has not caught up with a write of this process; reading from etcd",
 		"range", sp.describe(), "index", meta.Index, "write_revision", max(need.must, need.cover))
 	return readValue(ctx, s, sp, req.Partition, derive)
-}
-
-// getConfirmed is kind.Get, with the caller's access to a cached value
-// confirmed with etcd when it was not in the current auth epoch.
-func getConfirmed[V any](ctx context.Context, s *Source, kind *watchcache.Kind[V], sp spec, req watchcache.Request) (V, watchcache.ResultMeta, error) {
-	v, meta, err := kind.Get(ctx, req)
-	if err != nil || !s.needsCheck(epochOf(v), false) {
-		return v, meta, err
-	}
-	var zero V
-	id, err := s.acquire(req.Partition)
-	if err != nil {
-		return zero, watchcache.ResultMeta{}, err
-	}
-	defer s.release(id)
-	if _, err := s.checkAccess(ctx, id, sp); err != nil {
-		if errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrAuthFailed) {
-			err = watchcache.Fatal(err) // as the entry reports it
-		}
-		return zero, watchcache.ResultMeta{}, err
-	}
-	return v, meta, nil
 }
 
 // readValue reads sp's range from etcd with p's identity, bypassing the

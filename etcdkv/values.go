@@ -34,33 +34,19 @@ type Key struct {
 	// KV.Key is set.
 	KV     KeyValue
 	Exists bool
-
-	epoch uint64 // auth epoch the reader's access was confirmed in (access.go)
 }
 
 // Prefix is the value of the etcd-prefix kind: every key under a prefix,
 // sorted by key.
 type Prefix struct {
 	KVs []KeyValue
-
-	epoch uint64 // auth epoch the reader's access was confirmed in (access.go)
 }
 
 // KeyList is the value of the etcd-keys kind: sorted, distinct key names
 // under a prefix, cut after the first separator that follows the prefix.
 type KeyList struct {
 	Keys []string
-
-	epoch uint64 // auth epoch the reader's access was confirmed in (access.go)
 }
-
-func (v *Key) setEpoch(e uint64)     { v.epoch = e }
-func (v *Prefix) setEpoch(e uint64)  { v.epoch = e }
-func (v *KeyList) setEpoch(e uint64) { v.epoch = e }
-
-func (v Key) confirmedEpoch() uint64     { return v.epoch }
-func (v Prefix) confirmedEpoch() uint64  { return v.epoch }
-func (v KeyList) confirmedEpoch() uint64 { return v.epoch }
 
 func fromPB(kv *mvccpb.KeyValue, keysOnly bool) KeyValue {
 	out := KeyValue{

@@ -47,9 +47,10 @@ type watchState[V any] struct {
 	failedAt  time.Time // when it failed: only a probe started later tells of a recovery
 
 	// unconfirmed is set while value holds changes from the watch that
-	// the identity's access was not confirmed for (access.go); value's
-	// epoch is the auth epoch it was last confirmed in.
+	// the identity's access was not confirmed for (access.go); epoch is
+	// the auth epoch access was last confirmed in.
 	unconfirmed bool
+	epoch       uint64
 
 	closeOnce sync.Once
 }
@@ -96,6 +97,7 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 	st := &watchState[V]{s: s, sp: sp, id: id, derive: derive}
 	if prev != nil {
 		st.kvs, st.value, st.index, st.rev = prev.kvs, prev.value, prev.index, prev.rev
+		st.epoch = prev.epoch
 	}
 	if err := st.resync(ctx, false); err != nil {
 		st.Close()
@@ -181,10 +183,7 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 // confirmed records that the identity's access to the state's value was
 // confirmed in epoch.
 func (st *watchState[V]) confirmed(epoch uint64) {
-	st.unconfirmed = false
-	if v, ok := any(&st.value).(epochSetter); ok {
-		v.setEpoch(epoch)
-	}
+	st.unconfirmed, st.epoch = false, epoch
 }
 
 // confirm checks the identity's access to the range with etcd (see
@@ -205,7 +204,7 @@ func (st *watchState[V]) confirm(ctx context.Context) error {
 // needsConfirm reports whether the state's value must be confirmed before
 // it is returned.
 func (st *watchState[V]) needsConfirm() bool {
-	return st.s.needsCheck(epochOf(st.value), st.unconfirmed)
+	return st.s.needsCheck(st.epoch, st.unconfirmed)
 }
 
 // startWatch starts the entry's watch at revision from. The watch lives
@@ -272,12 +271,14 @@ func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[
 		st.failed = false
 		return st.result(), nil
 	}
-	if st.index != opts.MinIndex {
+	_, authChanged := st.s.auth.current()
+	if st.index != opts.MinIndex || (!st.unconfirmed && st.needsConfirm()) {
 		// A fetch whose result the cache discarded (or that failed while
-		// confirming access) moved the state on.
+		// confirming access) moved the state on, or etcd's auth store
+		// changed since the last confirmation (perhaps while no fetch
+		// waited): confirm and return.
 		return succeed()
 	}
-	_, authChanged := st.s.auth.current()
 
 	resyncs := 0
 	for {
@@ -371,11 +372,7 @@ func (st *watchState[V]) take(wr clientv3.WatchResponse, ok bool) (changed bool,
 		return false, nil // progress notification
 	}
 	st.kvs = applyEvents(st.kvs, wr.Events, st.sp.keysOnly())
-	epoch := epochOf(st.value)
 	st.value = st.derive(st.sp, st.kvs)
-	if v, ok := any(&st.value).(epochSetter); ok {
-		v.setEpoch(epoch) // the state's last confirmation; AccessCheckBounded relies on it
-	}
 	st.unconfirmed = true
 	last := wr.Events[len(wr.Events)-1].Kv.ModRevision
 	st.index = uint64(last)

@@ -60,7 +60,7 @@ func benchAccessCheck(b *testing.B, n int, mode string) {
 	for _, key := range keys {
 		reported := int64(-1)
 		err := f.kinds.Key.NotifyCallback(ctx, KeyRequest(key, p), key, func(ev watchcache.UpdateEvent[Key]) {
-			v, err := strconv.ParseInt(string(ev.Result.KV.Value), 10, 64)
+			v, err := strconv.ParseInt(string(ev.Result.Entry.Value), 10, 64)
 			if err != nil {
 				return
 			}

@@ -86,7 +86,7 @@ func TestAuthPartitions(t *testing.T) {
 	}
 	// A watch of a denied key is told so once, fatally.
 	ch := watch(t, f.kinds.Prefix, PrefixRequest("/a/", parts["b"]))
-	if ev := next(t, ch); !errors.Is(ev.Err, ErrPermissionDenied) || !errors.Is(ev.Err, watchcache.ErrFatal) || len(ev.Result.KVs) != 0 {
+	if ev := next(t, ch); !errors.Is(ev.Err, ErrPermissionDenied) || !errors.Is(ev.Err, watchcache.ErrFatal) || len(ev.Result.Entries) != 0 {
 		t.Errorf("bob watching /a/: %+v, want a fatal permission error and no data", ev)
 	}
 }
@@ -110,7 +110,7 @@ func checkRead(ctx context.Context, f *fixture, p watchcache.Partition, user, pr
 		return nil
 	}
 	k, _, err := f.kinds.Key.Get(ctx, KeyRequest("/"+prefix+"/x", p))
-	if e := check("key", err, string(k.KV.Value), "/"+prefix+"/x"); e != nil {
+	if e := check("key", err, string(k.Entry.Value), "/"+prefix+"/x"); e != nil {
 		return e
 	}
 	pr, _, err := f.kinds.Prefix.Get(ctx, PrefixRequest("/"+prefix+"/", p))

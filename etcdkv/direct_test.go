@@ -18,12 +18,12 @@ func TestDirectReadsAndHealth(t *testing.T) {
 	}
 	rev := put(t, cli, "/d/a", "2") // the cache may not have seen it yet; a direct read has
 	k, meta, err := f.kinds.ReadKey(ctx, KeyRequest("/d/a", p))
-	if err != nil || string(k.KV.Value) != "2" || meta.Index != uint64(rev) || meta.Hit {
+	if err != nil || string(k.Entry.Value) != "2" || meta.Index != uint64(rev) || meta.Hit {
 		t.Fatalf("ReadKey = %+v %+v %v, want 2 at %d", k, meta, err, rev)
 	}
 	put(t, cli, "/d/b", "3")
 	pr, _, err := f.kinds.ReadPrefix(ctx, PrefixRequest("/d/", p))
-	if err != nil || len(pr.KVs) != 2 {
+	if err != nil || len(pr.Entries) != 2 {
 		t.Fatalf("ReadPrefix = %+v %v", pr, err)
 	}
 	kl, _, err := f.kinds.ReadKeys(ctx, KeysRequest("/", "/", p))

@@ -8,28 +8,31 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/kvstore"
 )
 
+// The access errors are kvstore's, so that an agent handles every store's
+// alike.
 var (
 	// ErrPermissionDenied is wrapped by errors of requests that the
 	// identity may not make: etcd answered "permission denied". Fetches
 	// return it wrapped with watchcache.Fatal, so the entry stops
 	// refreshing. An agent maps it to 403.
-	ErrPermissionDenied = errors.New("etcdkv: permission denied")
+	ErrPermissionDenied = kvstore.ErrPermissionDenied
 
 	// ErrAuthFailed is wrapped by errors about credentials: a wrong
 	// password, an unknown user, an anonymous request to an etcd that
-	// requires authentication, a password changed since the identity's
-	// client logged in. Fetches return it wrapped with watchcache.Fatal.
-	ErrAuthFailed = errors.New("etcdkv: authentication failed")
+	// requires authentication, a password changed since the identity
+	// logged in. Fetches return it wrapped with watchcache.Fatal.
+	ErrAuthFailed = kvstore.ErrAuthFailed
 
 	// ErrUnknownIdentity is returned (wrapped with watchcache.Fatal) for a
-	// Partition that Login did not issue, or whose client was closed after
-	// it sat idle or failed to authenticate: the caller has to Login again.
-	ErrUnknownIdentity = errors.New("etcdkv: unknown identity; log in again")
+	// Partition that Login did not issue, or whose identity was dropped
+	// (idle, or beyond MaxIdentities): the caller has to Login again.
+	ErrUnknownIdentity = kvstore.ErrUnknownIdentity
 
 	// ErrClosed is returned by calls on a closed Source.
-	ErrClosed = errors.New("etcdkv: source closed")
+	ErrClosed = kvstore.ErrClosed
 )
 
 // etcdError is an error from etcd (or from reaching it) for one operation.

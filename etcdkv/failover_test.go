@@ -84,9 +84,9 @@ func TestCompactionPastWatch(t *testing.T) {
 	if pev.Err != nil {
 		t.Fatalf("first prefix event: %v", pev.Err)
 	}
-	pev = until(t, prefixCh, "both keys", func(ev watchcache.UpdateEvent[Prefix]) bool { return len(ev.Result.KVs) == 2 })
-	if pev.Err != nil || string(pev.Result.KVs[1].Value) != "v2" {
-		t.Fatalf("prefix event after the compaction: %v %+v", pev.Err, pev.Result.KVs)
+	pev = until(t, prefixCh, "both keys", func(ev watchcache.UpdateEvent[Prefix]) bool { return len(ev.Result.Entries) == 2 })
+	if pev.Err != nil || string(pev.Result.Entries[1].Value) != "v2" {
+		t.Fatalf("prefix event after the compaction: %v %+v", pev.Err, pev.Result.Entries)
 	}
 
 	// The new watches work.
@@ -95,8 +95,8 @@ func TestCompactionPastWatch(t *testing.T) {
 		t.Fatalf("key event after a later put: %v %s at %d, want v3 at %d", ev.Err, keyValue(ev), ev.Meta.Index, rev)
 	}
 	rev = put(t, cli, "/c/p/c", "v3")
-	if ev := next(t, prefixCh); ev.Err != nil || len(ev.Result.KVs) != 3 || ev.Meta.Index != uint64(rev) {
-		t.Fatalf("prefix event after a later put: %v, %d keys at %d; want 3 at %d", ev.Err, len(ev.Result.KVs), ev.Meta.Index, rev)
+	if ev := next(t, prefixCh); ev.Err != nil || len(ev.Result.Entries) != 3 || ev.Meta.Index != uint64(rev) {
+		t.Fatalf("prefix event after a later put: %v, %d keys at %d; want 3 at %d", ev.Err, len(ev.Result.Entries), ev.Meta.Index, rev)
 	}
 
 	// One re-read and one new watch per entry: no loop.
@@ -151,7 +151,7 @@ func TestConnectionLoss(t *testing.T) {
 		_, m2 := getKey(t, f, KeyRequest("/l/k", self))
 		return m2.Age > m1.Age
 	})
-	if string(v1.KV.Value) != "before" || m1.Age <= 0 || !m1.Hit {
+	if string(v1.Entry.Value) != "before" || m1.Age <= 0 || !m1.Hit {
 		t.Fatalf("Get during the outage: %+v %+v; want the last value, a hit with an Age", v1, m1)
 	}
 
@@ -186,8 +186,8 @@ func TestWipeReset(t *testing.T) {
 	if ev := next(t, keyCh); ev.Meta.Index != uint64(rev) {
 		t.Fatalf("first key event at %d, want %d", ev.Meta.Index, rev)
 	}
-	if ev := next(t, prefixCh); len(ev.Result.KVs) != 20 {
-		t.Fatalf("first prefix event: %d keys, want 20", len(ev.Result.KVs))
+	if ev := next(t, prefixCh); len(ev.Result.Entries) != 20 {
+		t.Fatalf("first prefix event: %d keys, want 20", len(ev.Result.Entries))
 	}
 
 	oldRev := rev
@@ -200,7 +200,7 @@ func TestWipeReset(t *testing.T) {
 	if ev.Meta.Index != uint64(newRev) {
 		t.Fatalf("key after Wipe at index %d, want %d", ev.Meta.Index, newRev)
 	}
-	pev := until(t, prefixCh, "an empty prefix", func(ev watchcache.UpdateEvent[Prefix]) bool { return ev.Err == nil && len(ev.Result.KVs) == 0 })
+	pev := until(t, prefixCh, "an empty prefix", func(ev watchcache.UpdateEvent[Prefix]) bool { return ev.Err == nil && len(ev.Result.Entries) == 0 })
 	if pev.Meta.Index >= uint64(rev) {
 		t.Fatalf("prefix after Wipe at index %d, want below %d", pev.Meta.Index, rev)
 	}
@@ -212,14 +212,14 @@ func TestWipeReset(t *testing.T) {
 	})
 	rev = put(t, cli, "/r/p/x", "new")
 	until(t, prefixCh, "the new key", func(ev watchcache.UpdateEvent[Prefix]) bool {
-		return ev.Err == nil && len(ev.Result.KVs) == 1 && ev.Meta.Index == uint64(rev)
+		return ev.Err == nil && len(ev.Result.Entries) == 1 && ev.Meta.Index == uint64(rev)
 	})
 	// A Get with the index from before the reset returns at once.
 	r := KeyRequest("/r/k", self)
 	r.MinIndex = uint64(oldRev)
 	r.Timeout = waitFor
 	start := time.Now()
-	if v, _, err := f.kinds.Key.Get(testCtx(t), r); err != nil || string(v.KV.Value) != "newer" || time.Since(start) > 5*time.Second {
+	if v, _, err := f.kinds.Key.Get(testCtx(t), r); err != nil || string(v.Entry.Value) != "newer" || time.Since(start) > 5*time.Second {
 		t.Fatalf("blocking Get with an index from before the reset: %+v, %v after %v", v, err, time.Since(start))
 	}
 }

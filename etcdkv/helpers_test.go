@@ -213,5 +213,5 @@ func keyValue(ev watchcache.UpdateEvent[Key]) string {
 	if !ev.Result.Exists {
 		return "<missing>"
 	}
-	return string(ev.Result.KV.Value)
+	return string(ev.Result.Entry.Value)
 }

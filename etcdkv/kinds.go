@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/kvstore"
 )
 
 // Names of the kinds Register adds to a cache.
@@ -52,7 +53,7 @@ func (s *Source) Register(c *watchcache.Cache) (*Kinds, error) {
 	return k, nil
 }
 
-func fetcher[V any](s *Source, parse func(string) (spec, error), derive func(spec, []KeyValue) V) watchcache.FetchFunc[V] {
+func fetcher[V any](s *Source, parse func(string) (spec, error), derive func(spec, []Entry) V) watchcache.FetchFunc[V] {
 	return func(ctx context.Context, opts watchcache.FetchOptions[V], req watchcache.Request) (watchcache.FetchResult[V], error) {
 		sp, err := parse(req.Key)
 		if err != nil {
@@ -99,13 +100,13 @@ func (k *Kinds) GetKeys(ctx context.Context, req watchcache.Request) (KeyList, w
 // ReadYourWritesWait), and failing that reads from etcd directly with the
 // caller's identity. The watch is normally milliseconds behind, so the wait
 // is short; the direct read covers a watch that is stuck or far behind.
-func getConsistent[V any](ctx context.Context, s *Source, kind *watchcache.Kind[V], sp spec, derive func(spec, []KeyValue) V, req watchcache.Request) (V, watchcache.ResultMeta, error) {
+func getConsistent[V any](ctx context.Context, s *Source, kind *watchcache.Kind[V], sp spec, derive func(spec, []Entry) V, req watchcache.Request) (V, watchcache.ResultMeta, error) {
 	v, meta, err := kind.Get(ctx, req)
 	if err != nil {
 		return v, meta, err
 	}
 	need := s.writes.pending(sp)
-	if need.satisfiedBy(meta.Index, isEmpty(v)) {
+	if need.satisfiedBy(meta.Index, kvstore.Empty(v)) {
 		return v, meta, nil
 	}
 	deadline := time.Now().Add(s.cfg.ReadYourWritesWait)
@@ -124,7 +125,7 @@ func getConsistent[V any](ctx context.Context, s *Source, kind *watchcache.Kind[
 			}
 			break // the entry is failing: etcd decides
 		}
-		if need.satisfiedBy(meta2.Index, isEmpty(v2)) {
+		if need.satisfiedBy(meta2.Index, kvstore.Empty(v2)) {
 			return v2, meta2, nil
 		}
 		if meta2.Index == meta.Index {
@@ -139,7 +140,7 @@ func getConsistent[V any](ctx context.Context, s *Source, kind *watchcache.Kind[
 
 // readValue reads sp's range from etcd with p's identity, bypassing the
 // cache.
-func readValue[V any](ctx context.Context, s *Source, sp spec, p watchcache.Partition, derive func(spec, []KeyValue) V) (V, watchcache.ResultMeta, error) {
+func readValue[V any](ctx context.Context, s *Source, sp spec, p watchcache.Partition, derive func(spec, []Entry) V) (V, watchcache.ResultMeta, error) {
 	var zero V
 	id, err := s.acquire(p)
 	if err != nil {

@@ -25,11 +25,11 @@ func TestKey(t *testing.T) {
 
 	created := put(t, cli, "/k", "v1")
 	v, meta := getKey(t, f, KeyRequest("/k", self))
-	if !v.Exists || string(v.KV.Value) != "v1" || v.KV.Key != "/k" {
+	if !v.Exists || string(v.Entry.Value) != "v1" || v.Entry.Key != "/k" {
 		t.Fatalf("Get /k = %+v, want v1", v)
 	}
-	if v.KV.CreateRevision != created || v.KV.ModRevision != created || v.KV.Version != 1 || meta.Index != uint64(created) {
-		t.Fatalf("Get /k: revisions %+v, index %d; want create = mod = index = %d, version 1", v.KV, meta.Index, created)
+	if v.Entry.CreateIndex != uint64(created) || v.Entry.ModifyIndex != uint64(created) || meta.Index != uint64(created) {
+		t.Fatalf("Get /k: revisions %+v, index %d; want create = mod = index = %d", v.Entry, meta.Index, created)
 	}
 
 	// A blocking Get returns on the next change, with its revision.
@@ -51,11 +51,11 @@ func TestKey(t *testing.T) {
 	got := blocking(r)
 	modified := put(t, cli, "/k", "v2")
 	res := <-got
-	if res.err != nil || string(res.v.KV.Value) != "v2" || res.meta.Index != uint64(modified) {
+	if res.err != nil || string(res.v.Entry.Value) != "v2" || res.meta.Index != uint64(modified) {
 		t.Fatalf("blocking Get after a put: %+v, index %d, err %v; want v2 at %d", res.v, res.meta.Index, res.err, modified)
 	}
-	if res.v.KV.CreateRevision != created || res.v.KV.ModRevision != modified || res.v.KV.Version != 2 {
-		t.Fatalf("after the second put: %+v; want create %d, mod %d, version 2", res.v.KV, created, modified)
+	if res.v.Entry.CreateIndex != uint64(created) || res.v.Entry.ModifyIndex != uint64(modified) {
+		t.Fatalf("after the second put: %+v; want create %d, mod %d", res.v.Entry, created, modified)
 	}
 
 	// A deletion is a change too, at the delete's revision.
@@ -63,7 +63,7 @@ func TestKey(t *testing.T) {
 	got = blocking(r)
 	deleted := del(t, cli, "/k")
 	res = <-got
-	if res.err != nil || res.v.Exists || res.v.KV.Key != "/k" || res.meta.Index != uint64(deleted) {
+	if res.err != nil || res.v.Exists || res.v.Entry.Key != "/k" || res.meta.Index != uint64(deleted) {
 		t.Fatalf("blocking Get after a delete: %+v, index %d, err %v; want missing at %d", res.v, res.meta.Index, res.err, deleted)
 	}
 
@@ -78,7 +78,7 @@ func TestKey(t *testing.T) {
 	got = blocking(r)
 	rev := put(t, cli, "/missing", "here")
 	res = <-got
-	if res.err != nil || !res.v.Exists || string(res.v.KV.Value) != "here" || res.meta.Index != uint64(rev) {
+	if res.err != nil || !res.v.Exists || string(res.v.Entry.Value) != "here" || res.meta.Index != uint64(rev) {
 		t.Fatalf("blocking Get on a missing key: %+v, index %d, err %v; want it created at %d", res.v, res.meta.Index, res.err, rev)
 	}
 }
@@ -102,8 +102,8 @@ func TestPrefixAndKeys(t *testing.T) {
 	if got := prefixKeys(ev.Result); !slices.Equal(got, []string{"/p/a", "/p/b/c", "/p/b/d"}) || ev.Meta.Index != uint64(last) {
 		t.Fatalf("prefix /p/: keys %v at %d, want /p/a /p/b/c /p/b/d at %d", got, ev.Meta.Index, last)
 	}
-	if string(ev.Result.KVs[0].Value) != "a" || string(ev.Result.KVs[1].Value) != "bc" {
-		t.Fatalf("prefix /p/: values %+v", ev.Result.KVs)
+	if string(ev.Result.Entries[0].Value) != "a" || string(ev.Result.Entries[1].Value) != "bc" {
+		t.Fatalf("prefix /p/: values %+v", ev.Result.Entries)
 	}
 	if kev := next(t, keys); !slices.Equal(kev.Result.Keys, []string{"/p/a", "/p/b/"}) {
 		t.Fatalf("keys /p/ separator /: %v, want /p/a /p/b/", kev.Result.Keys)
@@ -148,7 +148,7 @@ func TestPrefixAndKeys(t *testing.T) {
 		t.Fatalf("DeletePrefix: %v", err)
 	}
 	ev = next(t, prefixes)
-	if len(ev.Result.KVs) != 0 || ev.Meta.Index != uint64(rev) {
+	if len(ev.Result.Entries) != 0 || ev.Meta.Index != uint64(rev) {
 		t.Fatalf("after DeletePrefix /p/: %v at %d, want none at %d", prefixKeys(ev.Result), ev.Meta.Index, rev)
 	}
 	if kev := next(t, keys); len(kev.Result.Keys) != 0 || kev.Meta.Index != uint64(rev) {
@@ -167,8 +167,8 @@ func TestPrefixAndKeys(t *testing.T) {
 }
 
 func prefixKeys(p Prefix) []string {
-	keys := make([]string, len(p.KVs))
-	for i, kv := range p.KVs {
+	keys := make([]string, len(p.Entries))
+	for i, kv := range p.Entries {
 		keys[i] = kv.Key
 	}
 	return keys
@@ -273,7 +273,7 @@ func TestOneWatchPerEntry(t *testing.T) {
 	rev := put(t, cli, "/one", "1")
 	r := KeyRequest("/one", self)
 	r.MinIndex = uint64(rev - 1)
-	if v, _, err := f.kinds.Key.Get(testCtx(t), r); err != nil || string(v.KV.Value) != "1" {
+	if v, _, err := f.kinds.Key.Get(testCtx(t), r); err != nil || string(v.Entry.Value) != "1" {
 		t.Fatalf("blocking Get: %+v, %v", v, err)
 	}
 	if n := serverWatchers(t) - base; n != 1 {

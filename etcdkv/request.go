@@ -2,50 +2,21 @@ package etcdkv
 
 import (
 	"strconv"
-	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/kvstore"
 )
 
-// Request keys. Each kind spells the range it caches in watchcache.Request.Key;
-// build requests with KeyRequest, PrefixRequest and KeysRequest rather than by
-// hand. None of the spellings is empty, because the cache treats an empty
-// key as "bypass the cache", and a bypassed fetch would open an etcd watch
-// that nobody closes.
-//
-//	kind          Request.Key                        example
-//	etcd-key      the key                            "/a/x"
-//	etcd-prefix   prefix + "*"                       "/a/*", "*" for every key
-//	etcd-keys     len(sep) ":" sep ":" prefix        "1:/:/a/", "0::/a/"
-//
-// The keys spelling is length-prefixed so that any separator and prefix,
-// including ones that contain ':' or '*', round-trip; it is canonical (one
-// spelling per prefix and separator), so equal requests share an entry.
-
-// KeyRequest returns a request for the etcd-key kind: the single key key,
-// read with the identity of p.
-func KeyRequest(key string, p watchcache.Partition) watchcache.Request {
-	return watchcache.Request{Key: key, Partition: p}
-}
-
-// PrefixRequest returns a request for the etcd-prefix kind: every key that
-// starts with prefix ("" for every key), read with the identity of p.
-func PrefixRequest(prefix string, p watchcache.Partition) watchcache.Request {
-	return watchcache.Request{Key: prefix + "*", Partition: p}
-}
-
-// KeysRequest returns a request for the etcd-keys kind: the names of the
-// keys that start with prefix, each cut after the first sep that follows
-// the prefix (no cutting when sep is empty), as Consul's ?keys&separator=.
-func KeysRequest(prefix, sep string, p watchcache.Partition) watchcache.Request {
-	return watchcache.Request{Key: keysKey(prefix, sep), Partition: p}
-}
-
-func keysKey(prefix, sep string) string {
-	return strconv.Itoa(len(sep)) + ":" + sep + ":" + prefix
-}
+// Requests are kvstore's (kvstore.KeyRequest, PrefixRequest and
+// KeysRequest): the etcd-key, etcd-prefix and etcd-keys kinds read the
+// ranges they spell.
+var (
+	KeyRequest    = kvstore.KeyRequest
+	PrefixRequest = kvstore.PrefixRequest
+	KeysRequest   = kvstore.KeysRequest
+)
 
 // kindID says which kind a spec belongs to.
 type kindID uint8
@@ -64,41 +35,18 @@ type spec struct {
 }
 
 func parseKeyKey(k string) (spec, error) {
-	if k == "" {
-		return spec{}, invalidf("empty key (build requests with KeyRequest)")
-	}
-	return spec{kind: kindKey, key: k}, nil
+	key, err := kvstore.ParseKey(k)
+	return spec{kind: kindKey, key: key}, err
 }
 
 func parsePrefixKey(k string) (spec, error) {
-	prefix, ok := strings.CutSuffix(k, "*")
-	if !ok {
-		return spec{}, invalidf("prefix request key %q does not end in \"*\" (build requests with PrefixRequest)", k)
-	}
-	return spec{kind: kindPrefix, key: prefix}, nil
+	prefix, err := kvstore.ParsePrefix(k)
+	return spec{kind: kindPrefix, key: prefix}, err
 }
 
 func parseKeysKey(k string) (spec, error) {
-	bad := func() (spec, error) {
-		return spec{}, invalidf("malformed keys request key %q (build requests with KeysRequest)", k)
-	}
-	digits, rest, ok := strings.Cut(k, ":")
-	// Canonical lengths only: no sign, no leading zeros, so that one
-	// prefix and separator have exactly one spelling.
-	if !ok || digits == "" || len(digits) > 9 || (len(digits) > 1 && digits[0] == '0') {
-		return bad()
-	}
-	n := 0
-	for _, c := range []byte(digits) {
-		if c < '0' || c > '9' {
-			return bad()
-		}
-		n = n*10 + int(c-'0')
-	}
-	if n+1 > len(rest) || rest[n] != ':' {
-		return bad()
-	}
-	return spec{kind: kindKeys, key: rest[n+1:], sep: rest[:n]}, nil
+	prefix, sep, err := kvstore.ParseKeys(k)
+	return spec{kind: kindKeys, key: prefix, sep: sep}, err
 }
 
 // requestKey returns the request key that parses to sp.
@@ -107,7 +55,7 @@ func (sp spec) requestKey() string {
 	case kindPrefix:
 		return sp.key + "*"
 	case kindKeys:
-		return keysKey(sp.key, sp.sep)
+		return kvstore.KeysRequest(sp.key, sp.sep, watchcache.Partition{}).Key
 	}
 	return sp.key
 }

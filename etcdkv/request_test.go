@@ -2,7 +2,6 @@ package etcdkv
 
 import (
 	"errors"
-	"fmt"
 	"slices"
 	"testing"
 
@@ -10,38 +9,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/kvstore"
 )
-
-// TestKeyNames checks the separator listing against Consul's
-// ?keys&separator= semantics.
-func TestKeyNames(t *testing.T) {
-	for _, tc := range []struct {
-		name, prefix, sep string
-		keys              []string
-		want              []string
-	}{
-		{"the issue's example", "a/", "/", []string{"a/b", "a/c/d", "a/c/e"}, []string{"a/b", "a/c/"}},
-		{"no separator lists every key", "a/", "", []string{"a/b", "a/c/d", "a/c/e"}, []string{"a/b", "a/c/d", "a/c/e"}},
-		{"the prefix itself", "a/", "/", []string{"a/", "a/b"}, []string{"a/", "a/b"}},
-		{"a prefix without a separator", "a", "/", []string{"a", "a/b/c", "ab", "ab/c"}, []string{"a", "a/", "ab", "ab/"}},
-		{"separator inside the prefix is ignored", "/x/", "/", []string{"/x/y", "/x/z/w"}, []string{"/x/y", "/x/z/"}},
-		{"empty prefix", "", "/", []string{"/a", "b/c", "b/d", "c"}, []string{"/", "b/", "c"}},
-		{"multi-byte separator", "k", "--", []string{"k-a", "ka--b--c", "ka--d", "kb"}, []string{"k-a", "ka--", "kb"}},
-		{"overlapping separator", "", "aa", []string{"xaaa", "xaab"}, []string{"xaa"}},
-		{"sorting around the separator", "a/", "/", []string{"a/c!x", "a/c/d", "a/c0"}, []string{"a/c!x", "a/c/", "a/c0"}},
-		{"nothing", "a/", "/", nil, []string{}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			kvs := make([]KeyValue, len(tc.keys))
-			for i, k := range tc.keys {
-				kvs[i] = KeyValue{Key: k}
-			}
-			if got := keyNames(tc.prefix, tc.sep, kvs); !slices.Equal(got, tc.want) {
-				t.Fatalf("keyNames(%q, %q, %q) = %q, want %q", tc.prefix, tc.sep, tc.keys, got, tc.want)
-			}
-		})
-	}
-}
 
 // TestRequestKeys checks the spelling of each kind's request keys and
 // that malformed ones are refused as invalid.
@@ -80,7 +49,7 @@ func TestRequestKeys(t *testing.T) {
 // that parses is the canonical spelling of what it parses to.
 func FuzzKeysRequest(f *testing.F) {
 	for _, s := range [][2]string{{"/a/", "/"}, {"", ""}, {"a:b", ":"}, {"*", "1:"}, {"\x00", "\xff"}} {
-		f.Add(s[0], s[1], keysKey(s[0], s[1]))
+		f.Add(s[0], s[1], KeysRequest(s[0], s[1], watchcache.Partition{}).Key)
 	}
 	f.Add("", "", "10:0123456789:x")
 	f.Fuzz(func(t *testing.T, prefix, sep, raw string) {
@@ -100,8 +69,8 @@ func FuzzKeysRequest(f *testing.F) {
 // TestApplyEvents checks that events are merged into a sorted copy, the
 // last event of a key winning, and that the input is never modified.
 func TestApplyEvents(t *testing.T) {
-	kv := func(k string, rev int64) KeyValue {
-		return KeyValue{Key: k, Value: []byte(k), CreateRevision: 1, ModRevision: rev, Version: 1}
+	kv := func(k string, rev int64) Entry {
+		return Entry{Key: k, Value: []byte(k), CreateIndex: 1, ModifyIndex: uint64(rev)}
 	}
 	putEv := func(k string, rev int64) *clientv3.Event {
 		return &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: []byte(k), Value: []byte(k), CreateRevision: 1, ModRevision: rev, Version: 1}}
@@ -109,28 +78,17 @@ func TestApplyEvents(t *testing.T) {
 	delEv := func(k string, rev int64) *clientv3.Event {
 		return &clientv3.Event{Type: clientv3.EventTypeDelete, Kv: &mvccpb.KeyValue{Key: []byte(k), ModRevision: rev}}
 	}
-	cur := []KeyValue{kv("b", 2), kv("d", 3)}
+	cur := []Entry{kv("b", 2), kv("d", 3)}
 	orig := slices.Clone(cur)
 	got := applyEvents(cur, []*clientv3.Event{putEv("c", 4), delEv("b", 5), putEv("a", 5), putEv("e", 6), delEv("e", 7), putEv("d", 8)}, false)
-	want := []KeyValue{kv("a", 5), kv("c", 4), kv("d", 8)}
-	if !sameKVs(got, want) {
+	want := []Entry{kv("a", 5), kv("c", 4), kv("d", 8)}
+	if !kvstore.SameEntries(got, want) {
 		t.Fatalf("applyEvents = %v, want %v", got, want)
 	}
-	if !sameKVs(cur, orig) {
+	if !kvstore.SameEntries(cur, orig) {
 		t.Fatalf("applyEvents modified its input: %v, was %v", cur, orig)
 	}
 	if got := applyEvents(nil, []*clientv3.Event{putEv("x", 9)}, true); len(got) != 1 || got[0].Value != nil {
 		t.Fatalf("keys-only applyEvents kept the value: %+v", got)
 	}
-}
-
-// ExampleKeysRequest shows the request keys of the etcd-keys kind: the
-// separator is length-prefixed, so that any prefix and separator
-// round-trip.
-func ExampleKeysRequest() {
-	fmt.Println(KeysRequest("/config/", "/", watchcache.Partition{}).Key)
-	fmt.Println(PrefixRequest("/config/", watchcache.Partition{}).Key)
-	// Output:
-	// 1:/:/config/
-	// /config/*
 }

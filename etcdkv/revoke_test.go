@@ -100,7 +100,7 @@ func TestRevocationIsEnforced(t *testing.T) {
 					for {
 						select {
 						case ev := <-ch:
-							saw("notify", key, string(ev.Result.KV.Value), ev.Err)
+							saw("notify", key, string(ev.Result.Entry.Value), ev.Err)
 						case <-ctx.Done():
 							return
 						}
@@ -114,7 +114,7 @@ func TestRevocationIsEnforced(t *testing.T) {
 						r := req
 						r.MinIndex, r.Timeout = index, time.Second
 						v, meta, err := f.kinds.GetKey(ctx, r)
-						saw("blocking", key, string(v.KV.Value), err)
+						saw("blocking", key, string(v.Entry.Value), err)
 						if err != nil {
 							index = 0
 							<-tick.C // a denied client retries, not in a busy loop
@@ -128,7 +128,7 @@ func TestRevocationIsEnforced(t *testing.T) {
 					defer tick.Stop()
 					for ctx.Err() == nil {
 						v, _, err := f.kinds.GetKey(ctx, req)
-						saw("get", key, string(v.KV.Value), err)
+						saw("get", key, string(v.Entry.Value), err)
 						<-tick.C
 					}
 				})
@@ -206,7 +206,7 @@ func TestRevocationBounded(t *testing.T) {
 	}
 	ev := until(t, ch, "an access error", func(ev watchcache.UpdateEvent[Key]) bool {
 		for _, v := range late {
-			if string(ev.Result.KV.Value) == v {
+			if string(ev.Result.Entry.Value) == v {
 				t.Fatalf("%s, written %v after the revocation, reached u", v, bound)
 			}
 		}

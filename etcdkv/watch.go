@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/kvstore"
 )
 
 // maxResyncs bounds how often one fetch re-reads its range because the
@@ -31,14 +32,14 @@ type watchState[V any] struct {
 	s      *Source
 	sp     spec
 	id     *identity // acquired for the state's life; released by Close
-	derive func(spec, []KeyValue) V
+	derive func(spec, []Entry) V
 
 	cancel context.CancelFunc // ends the watch; nil when none runs
 	wch    clientv3.WatchChan // nil when no watch runs: the next wait re-reads first
 
-	kvs   []KeyValue // the range's keys, sorted; shared with published values, never modified
-	value V          // derived from kvs
-	index uint64     // revision of the last change of the range seen (see freshIndex)
+	kvs   []Entry // the range's keys, sorted; shared with published values, never modified
+	value V       // derived from kvs
+	index uint64  // revision of the last change of the range seen (see freshIndex)
 
 	rev       int64     // highest store revision the state is known to reflect
 	revAt     time.Time // when rev was observed
@@ -63,7 +64,7 @@ type watchState[V any] struct {
 // revision probe finds etcd unreachable or its revision gone backwards. A
 // fetch without (the first, or a Get that needs the current value now)
 // reads the range and starts a new watch from the revision after the read.
-func fetchRange[V any](ctx context.Context, s *Source, sp spec, derive func(spec, []KeyValue) V, opts watchcache.FetchOptions[V], p watchcache.Partition) (watchcache.FetchResult[V], error) {
+func fetchRange[V any](ctx context.Context, s *Source, sp spec, derive func(spec, []Entry) V, opts watchcache.FetchOptions[V], p watchcache.Partition) (watchcache.FetchResult[V], error) {
 	var prev *watchState[V]
 	if opts.LastResult != nil {
 		if st, ok := opts.LastResult.State.(*watchState[V]); ok && st.s == s && st.sp == sp {
@@ -84,7 +85,7 @@ func fetchRange[V any](ctx context.Context, s *Source, sp spec, derive func(spec
 // openState reads sp's range with p's identity and starts its watch. The
 // new state keeps prev's index if the range did not change since prev saw
 // it, so a re-read does not wake watchers for nothing.
-func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Partition, derive func(spec, []KeyValue) V, prev *watchState[V]) (*watchState[V], error) {
+func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Partition, derive func(spec, []Entry) V, prev *watchState[V]) (*watchState[V], error) {
 	id, err := s.acquire(p)
 	if errors.Is(err, ErrUnknownIdentity) && prev != nil && s.reacquire(prev.id) {
 		// The identity left the pool (idle, or beyond MaxIdentities) but
@@ -137,9 +138,9 @@ func (st *watchState[V]) observe(rev int64) {
 // ModRevision of a single key that exists, otherwise the read's revision
 // (no event tells when a key went missing or a prefix last changed). It is
 // never 0: etcd's revisions start at 1.
-func freshIndex(sp spec, kvs []KeyValue, rev int64) uint64 {
+func freshIndex(sp spec, kvs []Entry, rev int64) uint64 {
 	if !sp.isRange() && len(kvs) == 1 {
-		return uint64(kvs[0].ModRevision)
+		return kvs[0].ModifyIndex
 	}
 	return uint64(max(rev, 1))
 }
@@ -167,7 +168,7 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 		fresh = true
 		st.s.log.Info("etcdkv: etcd's revision went backwards (store restored or rebuilt); delivering the current state as a reset",
 			"range", st.sp.describe(), "seen", st.rev, "now", rev)
-	case sameKVs(kvs, st.kvs):
+	case kvstore.SameEntries(kvs, st.kvs):
 		st.rev, st.revAt = rev, time.Now()
 		st.confirmed(epoch)
 		return st.startWatch(ctx, rev+1)
@@ -420,14 +421,14 @@ func (st *watchState[V]) checkRevision(ctx context.Context) (int64, error) {
 
 // read reads sp's range (linearizably) with id's client, and returns its
 // keys sorted and the store's revision.
-func (s *Source) read(ctx context.Context, id *identity, sp spec) ([]KeyValue, int64, error) {
+func (s *Source) read(ctx context.Context, id *identity, sp spec) ([]Entry, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := s.conn.Get(id.ctx(ctx), sp.start(), sp.readOpts()...)
 	if err != nil {
 		return nil, 0, s.failed(id, wrapErr("read "+sp.describe(), err))
 	}
-	kvs := make([]KeyValue, len(resp.Kvs))
+	kvs := make([]Entry, len(resp.Kvs))
 	for i, kv := range resp.Kvs {
 		kvs[i] = fromPB(kv, sp.keysOnly()) // etcd returns ranges sorted by key
 	}

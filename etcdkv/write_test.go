@@ -25,12 +25,12 @@ func TestReadYourWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 		v, meta, err := f.kinds.GetKey(ctx, KeyRequest("/y/k", self))
-		if err != nil || string(v.KV.Value) != val || meta.Index < uint64(rev) {
-			t.Fatalf("put %d then GetKey: %q at %d, %v; want %q at %d or later", i, v.KV.Value, meta.Index, err, val, rev)
+		if err != nil || string(v.Entry.Value) != val || meta.Index < uint64(rev) {
+			t.Fatalf("put %d then GetKey: %q at %d, %v; want %q at %d or later", i, v.Entry.Value, meta.Index, err, val, rev)
 		}
 		p, meta, err := f.kinds.GetPrefix(ctx, PrefixRequest("/y/", self))
-		if err != nil || len(p.KVs) != 1 || string(p.KVs[0].Value) != val || meta.Index < uint64(rev) {
-			t.Fatalf("put %d then GetPrefix: %+v at %d, %v", i, p.KVs, meta.Index, err)
+		if err != nil || len(p.Entries) != 1 || string(p.Entries[0].Value) != val || meta.Index < uint64(rev) {
+			t.Fatalf("put %d then GetPrefix: %+v at %d, %v", i, p.Entries, meta.Index, err)
 		}
 	}
 
@@ -39,23 +39,23 @@ func TestReadYourWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, _, err := f.src.CompareAndSwap(ctx, self, "/y/k", []byte("stale"), cur.KV.ModRevision-1); ok || err != nil {
+	if ok, _, err := f.src.CompareAndSwap(ctx, self, "/y/k", []byte("stale"), int64(cur.Entry.ModifyIndex)-1); ok || err != nil {
 		t.Fatalf("CAS with an old revision: ok %v, err %v; want false", ok, err)
 	}
 	if ok, _, err := f.src.CompareAndSwap(ctx, self, "/y/k", []byte("exists"), 0); ok || err != nil {
 		t.Fatalf("CAS 0 on an existing key: ok %v, err %v; want false", ok, err)
 	}
-	ok, rev, err := f.src.CompareAndSwap(ctx, self, "/y/k", []byte("cas"), cur.KV.ModRevision)
+	ok, rev, err := f.src.CompareAndSwap(ctx, self, "/y/k", []byte("cas"), int64(cur.Entry.ModifyIndex))
 	if !ok || err != nil {
 		t.Fatalf("CAS with the current revision: ok %v, err %v", ok, err)
 	}
-	if v, meta, err := f.kinds.GetKey(ctx, KeyRequest("/y/k", self)); err != nil || string(v.KV.Value) != "cas" || meta.Index < uint64(rev) {
-		t.Fatalf("CAS then GetKey: %q at %d, %v", v.KV.Value, meta.Index, err)
+	if v, meta, err := f.kinds.GetKey(ctx, KeyRequest("/y/k", self)); err != nil || string(v.Entry.Value) != "cas" || meta.Index < uint64(rev) {
+		t.Fatalf("CAS then GetKey: %q at %d, %v", v.Entry.Value, meta.Index, err)
 	}
 	if ok, _, err := f.src.CompareAndSwap(ctx, self, "/y/new", []byte("created"), 0); !ok || err != nil {
 		t.Fatalf("CAS 0 on a missing key: ok %v, err %v; want true", ok, err)
 	}
-	if v, _, err := f.kinds.GetKey(ctx, KeyRequest("/y/new", self)); err != nil || string(v.KV.Value) != "created" {
+	if v, _, err := f.kinds.GetKey(ctx, KeyRequest("/y/new", self)); err != nil || string(v.Entry.Value) != "created" {
 		t.Fatalf("CAS 0 then GetKey: %+v, %v", v, err)
 	}
 
@@ -70,10 +70,10 @@ func TestReadYourWrites(t *testing.T) {
 	if ok, _, err := f.src.DeleteCAS(ctx, self, "/y/k", 0); ok || err != nil {
 		t.Fatalf("DeleteCAS 0: ok %v, err %v; want false (as Consul)", ok, err)
 	}
-	if ok, _, err := f.src.DeleteCAS(ctx, self, "/y/k", cur.KV.ModRevision+1); ok || err != nil {
+	if ok, _, err := f.src.DeleteCAS(ctx, self, "/y/k", int64(cur.Entry.ModifyIndex)+1); ok || err != nil {
 		t.Fatalf("DeleteCAS with a wrong revision: ok %v, err %v; want false", ok, err)
 	}
-	if ok, _, err := f.src.DeleteCAS(ctx, self, "/y/k", cur.KV.ModRevision); !ok || err != nil {
+	if ok, _, err := f.src.DeleteCAS(ctx, self, "/y/k", int64(cur.Entry.ModifyIndex)); !ok || err != nil {
 		t.Fatalf("DeleteCAS with the current revision: ok %v, err %v", ok, err)
 	}
 	if v, _, err := f.kinds.GetKey(ctx, KeyRequest("/y/k", self)); err != nil || v.Exists {
@@ -94,7 +94,7 @@ func TestReadYourWrites(t *testing.T) {
 	if _, err := f.src.DeletePrefix(ctx, self, "/y/"); err != nil {
 		t.Fatal(err)
 	}
-	if p, _, err := f.kinds.GetPrefix(ctx, PrefixRequest("/y/", self)); err != nil || len(p.KVs) != 0 {
+	if p, _, err := f.kinds.GetPrefix(ctx, PrefixRequest("/y/", self)); err != nil || len(p.Entries) != 0 {
 		t.Fatalf("DeletePrefix then GetPrefix: %v, %v; want none", prefixKeys(p), err)
 	}
 	if ks, _, err := f.kinds.GetKeys(ctx, KeysRequest("/y/", "/", self)); err != nil || len(ks.Keys) != 0 {

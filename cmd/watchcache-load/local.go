@@ -16,8 +16,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/agent"
 	"github.com/watchcache/watchcache/internal/devetcd"
+	"github.com/watchcache/watchcache/internal/upstream"
 )
 
 // target is the agent under load.
@@ -48,6 +50,7 @@ type memSample struct {
 type localAgent struct {
 	http   *http.Client
 	etcd   *devetcd.Server
+	up     *upstream.Upstream
 	agent  *agent.Agent
 	ln     *countingListener
 	served chan error // Serve's result
@@ -68,18 +71,25 @@ func startLocal(cfg config) (*localAgent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a, err := agent.New(agent.Config{EtcdEndpoints: e.Endpoints(), Logger: log})
+	up, err := upstream.OpenEtcd(etcdkv.Config{Endpoints: e.Endpoints(), Logger: log}, nil, upstream.CacheConfig{Logger: log})
 	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	a, err := agent.New(agent.Config{Store: up.Store, Cache: up.Cache, Registry: up.Registry, Logger: log})
+	if err != nil {
+		up.Close()
 		e.Close()
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		a.Shutdown(context.Background())
+		up.Close()
 		e.Close()
 		return nil, err
 	}
-	l := &localAgent{http: &http.Client{}, etcd: e, agent: a, ln: &countingListener{Listener: ln}, served: make(chan error, 1)}
+	l := &localAgent{http: &http.Client{}, etcd: e, up: up, agent: a, ln: &countingListener{Listener: ln}, served: make(chan error, 1)}
 	go func() { l.served <- a.Serve(l.ln) }()
 	return l, nil
 }
@@ -117,7 +127,7 @@ func (l *localAgent) String() string {
 	return fmt.Sprintf("in this process on %s, over etcd in this process on %s", l.addr(), strings.Join(l.etcd.Endpoints(), ","))
 }
 
-// close shuts the agent down, then etcd.
+// close shuts the agent down, then the cache and store, then etcd.
 func (l *localAgent) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
@@ -125,7 +135,7 @@ func (l *localAgent) close() error {
 	if serr := <-l.served; !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
-	return errors.Join(err, l.etcd.Close())
+	return errors.Join(err, l.up.Close(), l.etcd.Close())
 }
 
 // waitBlocked returns once n GETs wait in the agent (see waitBlocked).

@@ -16,6 +16,7 @@ import (
 	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/agent"
 	"github.com/watchcache/watchcache/internal/devetcd"
+	"github.com/watchcache/watchcache/internal/upstream"
 )
 
 // Defaults of the agent's flags.
@@ -35,7 +36,7 @@ type agentOptions struct {
 	etcdUsername    string
 	etcdPassword    string
 	tokensFile      string
-	tokens          map[string]agent.Credentials // loaded from tokensFile
+	tokens          map[string]etcdkv.TokenUser // loaded from tokensFile
 	logLevel        slog.Level
 	entryFetchRate  float64
 	entryFetchBurst int
@@ -108,7 +109,7 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 		return o, c.usageErrorf("%s is empty", c.source("datacenter")), false
 	}
 	if o.tokensFile != "" {
-		tokens, err := agent.LoadTokens(o.tokensFile)
+		tokens, err := etcdkv.LoadTokens(o.tokensFile)
 		if err != nil {
 			return o, c.usageErrorf("%s: %v", c.source("tokens"), err), false
 		}
@@ -176,19 +177,29 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 		return nil
 	}
 
-	a, err := agent.New(agent.Config{
-		Datacenter:        o.datacenter,
-		EtcdEndpoints:     endpoints,
-		EtcdUsername:      o.etcdUsername,
-		EtcdPassword:      o.etcdPassword,
-		Tokens:            o.tokens,
-		EntryFetchRate:    rate.Limit(o.entryFetchRate),
-		EntryFetchBurst:   o.entryFetchBurst,
-		MaxEntries:        o.maxEntries,
+	up, err := upstream.OpenEtcd(etcdkv.Config{
+		Endpoints:         endpoints,
+		Username:          o.etcdUsername,
+		Password:          o.etcdPassword,
 		MaxIdentities:     o.maxIdentities,
 		AccessCheck:       o.accessCheck,
 		AuthCheckInterval: o.authCheck,
 		Logger:            log,
+	}, o.tokens, o.cacheConfig(log))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := up.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing the store: %w", cerr)
+		}
+	}()
+	a, err := agent.New(agent.Config{
+		Store:      up.Store,
+		Cache:      up.Cache,
+		Registry:   up.Registry,
+		Datacenter: o.datacenter,
+		Logger:     log,
 	})
 	if err != nil {
 		return err
@@ -230,4 +241,14 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 func isLoopback(addr net.Addr) bool {
 	tcp, ok := addr.(*net.TCPAddr)
 	return ok && tcp.IP.IsLoopback()
+}
+
+// cacheConfig is the cache's share of o.
+func (o agentOptions) cacheConfig(log *slog.Logger) upstream.CacheConfig {
+	return upstream.CacheConfig{
+		EntryFetchRate:  rate.Limit(o.entryFetchRate),
+		EntryFetchBurst: o.entryFetchBurst,
+		MaxEntries:      o.maxEntries,
+		Logger:          log,
+	}
 }

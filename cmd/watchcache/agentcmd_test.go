@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/watchcache/watchcache/etcdkv"
-	"github.com/watchcache/watchcache/internal/agent"
 )
 
 // defaultsWith returns the agent's default options changed by mod.
@@ -55,7 +54,7 @@ func TestAgentOptions(t *testing.T) {
 			defaultsWith(func(o *agentOptions) {
 				o.dev, o.httpAddr, o.devEtcdAddr = true, "0.0.0.0:9500", "127.0.0.1:12379"
 				o.etcdUsername, o.etcdPassword = "agent", "pw"
-				o.tokensFile, o.tokens = tokensFile, map[string]agent.Credentials{"t1": {User: "alice", Password: "pw"}}
+				o.tokensFile, o.tokens = tokensFile, map[string]etcdkv.TokenUser{"t1": {User: "alice", Password: "pw"}}
 				o.logLevel, o.entryFetchRate, o.entryFetchBurst, o.maxEntries = slog.LevelDebug, 2.5, 4, 1000
 				o.datacenter, o.shutdownTimeout = "eu1", 5*time.Second
 				o.maxIdentities, o.accessCheck, o.authCheck = 50, etcdkv.AccessCheckBounded, 250*time.Millisecond
@@ -68,7 +67,7 @@ func TestAgentOptions(t *testing.T) {
 		}, defaultsWith(func(o *agentOptions) {
 			o.etcd, o.httpAddr = []string{"a:2379", "b:2379"}, "127.0.0.1:9500"
 			o.etcdUsername, o.etcdPassword = "agent", "pw"
-			o.tokensFile, o.tokens = tokensFile, map[string]agent.Credentials{"t1": {User: "alice", Password: "pw"}}
+			o.tokensFile, o.tokens = tokensFile, map[string]etcdkv.TokenUser{"t1": {User: "alice", Password: "pw"}}
 			o.logLevel, o.entryFetchRate, o.entryFetchBurst, o.maxEntries = slog.LevelWarn, 10, 3, 7
 			o.datacenter, o.shutdownTimeout = "us2", time.Minute
 		})},

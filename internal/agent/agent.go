@@ -1,24 +1,27 @@
 // Package agent is the watchcache agent: Consul's KV HTTP API served from a
-// watchcache over etcd, so that Consul clients (the consul/api Go client
-// and its watch plans, consul-template, curl) work unchanged against etcd,
-// many of them sharing one etcd watch per key.
+// watchcache over any kvstore.Store (etcd, a Consul server, another agent),
+// so that Consul clients (the consul/api Go client and its watch plans,
+// consul-template, curl) work unchanged, many of them sharing one upstream
+// query per key.
+//
+// The agent knows KV entries, indexes, identities and health, never the
+// store behind them: cmd/watchcache builds the store and the cache and
+// hands both to New.
 //
 // Request flow: the handler parses and validates the request (request.go),
-// resolves the caller's identity to an etcd user (identity.go), reads
-// through the cache or writes through to etcd (kv.go), or streams changes
-// as Server-Sent Events (sse.go).
+// resolves the caller's credentials to the store's identity (identity.go),
+// reads through the cache or writes through to the store (kv.go), or
+// streams changes as Server-Sent Events (sse.go).
 //
-// Lifecycle: New connects to etcd and builds the cache; Serve answers on a
-// listener until Shutdown, which stops accepting, ends blocking requests
-// early with the current value, closes event streams, waits for handlers,
-// and then closes the cache and the etcd source, in that order. Whoever
-// started etcd (the -dev mode of cmd/watchcache) stops it after Shutdown.
+// Lifecycle: Serve answers on a listener until Shutdown, which stops
+// accepting, ends blocking requests early with the current value, closes
+// event streams and waits for handlers. Whoever made the cache and the
+// store closes them after Shutdown, the cache first.
 package agent
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,10 +33,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/time/rate"
 
 	"github.com/watchcache/watchcache"
-	"github.com/watchcache/watchcache/etcdkv"
+	"github.com/watchcache/watchcache/kvstore"
 )
 
 // Limits that keep a misbehaving client from exhausting the agent.
@@ -50,44 +52,26 @@ const (
 	writeGrace = 30 * time.Second
 )
 
-// Config configures an Agent. EtcdEndpoints is required.
+// Config configures an Agent. Store and Cache are required.
 type Config struct {
+	// Store is what the agent serves; its kinds are registered on Cache.
+	Store kvstore.Store
+	Cache *watchcache.Cache
+
+	// Registry is served on /metrics; the cache's metrics should be
+	// registered on it. nil means a registry of the Go and process
+	// collectors only.
+	Registry *prometheus.Registry
+
 	// Datacenter is the name the agent answers to in ?dc=; default "dc1".
 	Datacenter string
 
-	// EtcdEndpoints are the client URLs of the etcd cluster.
-	EtcdEndpoints []string
-	// EtcdUsername and EtcdPassword are the agent's own etcd identity,
-	// used for requests without credentials. Empty means anonymous.
-	EtcdUsername, EtcdPassword string
-
-	// Tokens maps X-Consul-Token values to etcd users (see LoadTokens).
-	Tokens map[string]Credentials
-
-	// EntryFetchRate and EntryFetchBurst limit each cache entry's etcd
-	// fetches (0: no limit); MaxEntries bounds the cache (0: no bound).
-	EntryFetchRate  rate.Limit
-	EntryFetchBurst int
-	MaxEntries      int
-
-	// MaxIdentities bounds the etcd identities held (0: 1,000); AccessCheck
-	// says when each identity's access is confirmed with etcd (strict by
-	// default) and AuthCheckInterval how often etcd's auth store is asked
-	// whether it changed (0: 1s). See etcdkv.Config.
-	MaxIdentities     int
-	AccessCheck       etcdkv.AccessCheck
-	AuthCheckInterval time.Duration
-
-	// WriteTimeout bounds each write to etcd; default 10s.
+	// WriteTimeout bounds each write to the store; default 10s.
 	WriteTimeout time.Duration
 
 	// HeartbeatInterval is how often an idle event stream gets a comment
 	// line, so that proxies keep it open; default 30s.
 	HeartbeatInterval time.Duration
-
-	// Etcd adjusts the etcd source's configuration (tests shorten its
-	// timers); optional.
-	Etcd func(*etcdkv.Config)
 
 	// Logger receives the agent's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -98,10 +82,9 @@ type Config struct {
 type Agent struct {
 	cfg   Config
 	log   *slog.Logger
-	src   *etcdkv.Source
+	store kvstore.Store
+	kinds *kvstore.Kinds
 	cache *watchcache.Cache
-	kinds *etcdkv.Kinds
-	reg   *prometheus.Registry
 	srv   *http.Server
 
 	metrics http.Handler // /metrics
@@ -118,10 +101,18 @@ type Agent struct {
 	blocked atomic.Int64 // blocking queries waiting now
 }
 
-// New connects to etcd and returns an Agent ready to Serve.
+// NewRegistry returns a Prometheus registry with the Go runtime and
+// process collectors, for Config.Registry.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// New returns an Agent that serves cfg.Store, ready to Serve.
 func New(cfg Config) (*Agent, error) {
-	if len(cfg.EtcdEndpoints) == 0 {
-		return nil, errors.New("agent: no etcd endpoints")
+	if cfg.Store == nil || cfg.Cache == nil {
+		return nil, errors.New("agent: Config.Store and Config.Cache are required")
 	}
 	if cfg.Datacenter == "" {
 		cfg.Datacenter = "dc1"
@@ -132,48 +123,16 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = 30 * time.Second
 	}
+	if cfg.Registry == nil {
+		cfg.Registry = NewRegistry()
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	ecfg := etcdkv.Config{
-		Endpoints:         cfg.EtcdEndpoints,
-		Username:          cfg.EtcdUsername,
-		Password:          cfg.EtcdPassword,
-		MaxIdentities:     cfg.MaxIdentities,
-		AccessCheck:       cfg.AccessCheck,
-		AuthCheckInterval: cfg.AuthCheckInterval,
-		Logger:            log,
-	}
-	if cfg.Etcd != nil {
-		cfg.Etcd(&ecfg)
-	}
-	src, err := etcdkv.New(ecfg)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	cache, err := watchcache.New(watchcache.Options{
-		Logger:          log,
-		Registerer:      reg,
-		EntryFetchRate:  cfg.EntryFetchRate,
-		EntryFetchBurst: cfg.EntryFetchBurst,
-		MaxEntries:      cfg.MaxEntries,
-	})
-	if err != nil {
-		src.Close()
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	kinds, err := src.Register(cache)
-	if err != nil {
-		cache.Close()
-		src.Close()
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	a := &Agent{cfg: cfg, log: log, src: src, cache: cache, kinds: kinds, reg: reg}
+	a := &Agent{cfg: cfg, log: log, store: cfg.Store, kinds: cfg.Store.Kinds(), cache: cfg.Cache}
 	a.stopCtx, a.stopCancel = context.WithCancel(context.Background())
-	a.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	a.metrics = promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry})
 	a.srv = &http.Server{
 		Handler:           a,
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -206,23 +165,18 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Serve answers HTTP requests on ln until Shutdown. It returns
 // http.ErrServerClosed after a Shutdown.
 func (a *Agent) Serve(ln net.Listener) error {
-	a.log.Info("watchcache agent serving", "addr", ln.Addr().String(), "etcd", a.cfg.EtcdEndpoints)
+	a.log.Info("watchcache agent serving", "addr", ln.Addr().String(), "upstream", a.store.Describe())
 	return a.srv.Serve(ln)
 }
 
 // Shutdown stops the agent: it stops accepting connections, answers
 // blocking requests at once with the current value, ends event streams,
-// waits for every handler (or ctx), and closes the cache and the etcd
-// source. It is safe to call more than once.
+// and waits for every handler (or ctx). It is safe to call more than once.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	var err error
 	a.stopOnce.Do(func() {
 		a.stopCancel()
 		err = a.srv.Shutdown(ctx)
-		a.cache.Close()
-		if cerr := a.src.Close(); err == nil {
-			err = cerr
-		}
 	})
 	return err
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
+	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/etcdtest"
 )
@@ -45,35 +46,73 @@ type testAgent struct {
 }
 
 // startAgent starts etcd and an agent on it; both stop when the test ends.
-func startAgent(t testing.TB, mod ...func(*Config)) *testAgent {
+func startAgent(t testing.TB, mod ...func(*etcdConfig)) *testAgent {
 	t.Helper()
 	return startAgentOn(t, etcdtest.Start(t), mod...)
 }
 
+// etcdConfig is how the agent's tests connect to etcd: short timers, and
+// prompt reconnects after a member restarts.
+type etcdConfig struct {
+	etcdkv.Config
+	Tokens map[string]etcdkv.TokenUser
+	Cache  watchcache.Options
+}
+
 // startAgentOn starts an agent in front of c; it stops when the test ends.
-func startAgentOn(t testing.TB, c *etcdtest.Cluster, mod ...func(*Config)) *testAgent {
+func startAgentOn(t testing.TB, c *etcdtest.Cluster, mod ...func(*etcdConfig)) *testAgent {
 	t.Helper()
-	cfg := Config{
-		EtcdEndpoints:     c.Endpoints(),
-		Logger:            testLogger(),
-		HeartbeatInterval: time.Second,
-		WriteTimeout:      2 * time.Second,
-		Etcd: func(ec *etcdkv.Config) {
-			ec.ResetCheckInterval = 500 * time.Millisecond
-			ec.RequestTimeout = 2 * time.Second
-			// Reconnect promptly after a member restarts (gRPC's default
-			// backoff grows from 1s to minutes).
-			ec.ConfigureClient = func(cc *clientv3.Config) {
-				cc.DialOptions = append(cc.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
-					Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-					MinConnectTimeout: 5 * time.Second,
-				}))
-			}
+	cfg := etcdConfig{Config: etcdkv.Config{
+		Endpoints:          c.Endpoints(),
+		Logger:             testLogger(),
+		ResetCheckInterval: 500 * time.Millisecond,
+		RequestTimeout:     2 * time.Second,
+		// Reconnect promptly after a member restarts (gRPC's default
+		// backoff grows from 1s to minutes).
+		ConfigureClient: func(cc *clientv3.Config) {
+			cc.DialOptions = append(cc.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				MinConnectTimeout: 5 * time.Second,
+			}))
 		},
-	}
+	}}
 	for _, m := range mod {
 		m(&cfg)
 	}
+	src, err := etcdkv.New(cfg.Config)
+	if err != nil {
+		t.Fatalf("etcdkv.New: %v", err)
+	}
+	reg := NewRegistry()
+	cfg.Cache.Logger, cfg.Cache.Registerer = testLogger(), reg
+	cache, err := watchcache.New(cfg.Cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds, err := src.Register(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cache.Close()
+		if err := src.Close(); err != nil {
+			t.Errorf("Source.Close: %v", err)
+		}
+	})
+	return serveAgent(t, Config{
+		Store:             etcdkv.NewStore(src, kinds, cfg.Tokens),
+		Cache:             cache,
+		Registry:          reg,
+		Logger:            testLogger(),
+		HeartbeatInterval: time.Second,
+		WriteTimeout:      2 * time.Second,
+	}, c)
+}
+
+// serveAgent starts an agent with cfg on a loopback port; it stops when
+// the test ends (before the store's cleanups, registered earlier, run).
+func serveAgent(t testing.TB, cfg Config, c *etcdtest.Cluster) *testAgent {
+	t.Helper()
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatalf("agent.New: %v", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/consul/api/watch"
 
+	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/etcdtest"
 )
 
@@ -170,9 +171,9 @@ func TestConsulAuth(t *testing.T) {
 		{Name: "alice", Password: "alice-pw", Roles: []etcdtest.Role{{Name: "ra", Prefix: "a/", Perm: etcdtest.PermReadWrite}}},
 		{Name: "bob", Password: "bob-pw", Roles: []etcdtest.Role{{Name: "rb", Prefix: "b/", Perm: etcdtest.PermReadWrite}}},
 	})
-	ta := startAgentOn(t, c, func(cfg *Config) {
-		cfg.EtcdUsername, cfg.EtcdPassword = etcdtest.RootUser, etcdtest.RootPassword
-		cfg.Tokens = map[string]Credentials{"bob-token": {User: "bob", Password: "bob-pw"}}
+	ta := startAgentOn(t, c, func(cfg *etcdConfig) {
+		cfg.Username, cfg.Password = etcdtest.RootUser, etcdtest.RootPassword
+		cfg.Tokens = map[string]etcdkv.TokenUser{"bob-token": {User: "bob", Password: "bob-pw"}}
 	})
 	alice := ta.consul(t, func(c *api.Config) { c.HttpAuth = &api.HttpBasicAuth{Username: "alice", Password: "alice-pw"} }).KV()
 	bob := ta.consul(t, func(c *api.Config) { c.Token = "bob-token" }).KV()

@@ -6,7 +6,7 @@ import (
 	"net/http"
 
 	"github.com/watchcache/watchcache"
-	"github.com/watchcache/watchcache/etcdkv"
+	"github.com/watchcache/watchcache/kvstore"
 )
 
 // statusOf maps an error to the HTTP status and message the client gets.
@@ -18,18 +18,16 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, errMethod):
 		return http.StatusMethodNotAllowed, "method not allowed"
-	case errors.Is(err, errNoToken):
-		return http.StatusForbidden, "ACL not found"
-	case errors.Is(err, etcdkv.ErrPermissionDenied):
+	case errors.Is(err, kvstore.ErrPermissionDenied):
 		return http.StatusForbidden, "Permission denied: " + err.Error()
-	case errors.Is(err, etcdkv.ErrAuthFailed), errors.Is(err, etcdkv.ErrUnknownIdentity):
-		return http.StatusForbidden, "authentication failed: " + err.Error()
-	case errors.Is(err, watchcache.ErrClosed), errors.Is(err, etcdkv.ErrClosed):
+	case errors.Is(err, kvstore.ErrAuthFailed), errors.Is(err, kvstore.ErrUnknownIdentity):
+		return http.StatusForbidden, err.Error()
+	case errors.Is(err, watchcache.ErrClosed), errors.Is(err, kvstore.ErrClosed):
 		return http.StatusServiceUnavailable, "agent is shutting down"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, watchcache.ErrTimeout):
-		return http.StatusGatewayTimeout, "etcd did not answer in time: " + err.Error()
+		return http.StatusGatewayTimeout, "the store did not answer in time: " + err.Error()
 	}
-	return http.StatusServiceUnavailable, "etcd unavailable: " + err.Error()
+	return http.StatusServiceUnavailable, "the store is unavailable: " + err.Error()
 }
 
 // writeError answers with err's status and message.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -14,7 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/watchcache/watchcache"
-	"github.com/watchcache/watchcache/etcdkv"
+	"github.com/watchcache/watchcache/kvstore"
 )
 
 // kvPair is one entry of a /v1/kv response, as Consul writes it.
@@ -27,12 +26,12 @@ type kvPair struct {
 	ModifyIndex uint64
 }
 
-func pairOf(kv etcdkv.KeyValue) kvPair {
-	return kvPair{Key: kv.Key, Value: kv.Value, CreateIndex: uint64(kv.CreateRevision), ModifyIndex: uint64(kv.ModRevision)}
+func pairOf(e kvstore.Entry) kvPair {
+	return kvPair{Key: e.Key, Value: e.Value, Flags: e.Flags, CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex}
 }
 
 // handleKV serves /v1/kv/<key>: GET reads through the cache, PUT and
-// DELETE write through to etcd.
+// DELETE write through to the store.
 func (a *Agent) handleKV(w http.ResponseWriter, r *http.Request) {
 	key, q, err := keyAndQuery(r, "/v1/kv")
 	if err != nil {
@@ -53,11 +52,11 @@ func (a *Agent) handleKV(w http.ResponseWriter, r *http.Request) {
 	case http.MethodGet:
 		switch {
 		case kr.recurse:
-			serveRead(a, w, r, kr, etcdkv.PrefixRequest(key, p), a.kinds.GetPrefix, a.kinds.ReadPrefix, renderPrefix)
+			serveRead(a, w, r, kr, kvstore.PrefixRequest(key, p), a.store.GetPrefix, a.store.ReadPrefix, renderPrefix)
 		case kr.keys:
-			serveRead(a, w, r, kr, etcdkv.KeysRequest(key, kr.separator, p), a.kinds.GetKeys, a.kinds.ReadKeys, renderKeys)
+			serveRead(a, w, r, kr, kvstore.KeysRequest(key, kr.separator, p), a.store.GetKeys, a.store.ReadKeys, renderKeys)
 		default:
-			serveRead(a, w, r, kr, etcdkv.KeyRequest(key, p), a.kinds.GetKey, a.kinds.ReadKey, renderKey(kr.raw))
+			serveRead(a, w, r, kr, kvstore.KeyRequest(key, p), a.store.GetKey, a.store.ReadKey, renderKey(kr.raw))
 		}
 	case http.MethodPut:
 		a.put(w, r, kr, p)
@@ -106,30 +105,30 @@ type view struct {
 	contentType string
 }
 
-func renderKey(raw bool) func(etcdkv.Key) view {
-	return func(k etcdkv.Key) view {
+func renderKey(raw bool) func(kvstore.Key) view {
+	return func(k kvstore.Key) view {
 		if !k.Exists {
 			return view{}
 		}
 		if raw {
-			return view{found: true, body: k.KV.Value, contentType: "application/octet-stream"}
+			return view{found: true, body: k.Entry.Value, contentType: "application/octet-stream"}
 		}
-		return jsonView([]kvPair{pairOf(k.KV)})
+		return jsonView([]kvPair{pairOf(k.Entry)})
 	}
 }
 
-func renderPrefix(p etcdkv.Prefix) view {
-	if len(p.KVs) == 0 {
+func renderPrefix(p kvstore.Prefix) view {
+	if len(p.Entries) == 0 {
 		return view{}
 	}
-	pairs := make([]kvPair, len(p.KVs))
-	for i, kv := range p.KVs {
-		pairs[i] = pairOf(kv)
+	pairs := make([]kvPair, len(p.Entries))
+	for i, e := range p.Entries {
+		pairs[i] = pairOf(e)
 	}
 	return jsonView(pairs)
 }
 
-func renderKeys(kl etcdkv.KeyList) view {
+func renderKeys(kl kvstore.KeyList) view {
 	if len(kl.Keys) == 0 {
 		return view{}
 	}
@@ -145,19 +144,20 @@ func jsonView(v any) view {
 }
 
 // reader reads a request's value: from the cache (with read-your-writes)
-// or directly from etcd.
+// or directly from the store.
 type reader[V any] func(context.Context, watchcache.Request) (V, watchcache.ResultMeta, error)
 
 // serveRead answers a GET.
 //
 //   - Blocking (?index=): waits through the cache for a change or the wait;
 //     a shutdown ends the wait early with the current value.
-//   - ?consistent, Cache-Control must-revalidate or no-cache: read from etcd.
+//   - ?consistent, Cache-Control must-revalidate or no-cache: read from the
+//     store.
 //   - Cache-Control max-age: a cached value older than it (the cache cannot
-//     reach etcd) is replaced by a read from etcd, or, if that fails too,
-//     served while within stale-if-error.
-//   - Otherwise the cached value, even while etcd is unreachable (its Age
-//     says how stale it may be).
+//     reach the store) is replaced by a read from the store, or, if that
+//     fails too, served while within stale-if-error.
+//   - Otherwise the cached value, even while the store is unreachable (its
+//     Age says how stale it may be).
 func serveRead[V any](a *Agent, w http.ResponseWriter, r *http.Request, kr kvRequest, req watchcache.Request, cached, direct reader[V], render func(V) view) {
 	ctx := r.Context()
 	req.MinIndex, req.Timeout = kr.index, kr.wait
@@ -244,13 +244,10 @@ func (a *Agent) put(w http.ResponseWriter, r *http.Request, kr kvRequest, p watc
 	ctx, cancel := a.writeContext(r)
 	defer cancel()
 	ok := true
-	switch {
-	case kr.hasCAS && kr.cas > math.MaxInt64:
-		ok = false // no key has such a revision
-	case kr.hasCAS:
-		ok, _, err = a.src.CompareAndSwap(ctx, p, kr.key, value, int64(kr.cas))
-	default:
-		_, err = a.src.Put(ctx, p, kr.key, value)
+	if kr.hasCAS {
+		ok, err = a.store.CompareAndSwap(ctx, p, kr.key, value, kr.cas)
+	} else {
+		err = a.store.Put(ctx, p, kr.key, value)
 	}
 	if err != nil {
 		a.writeError(w, r, err)
@@ -270,13 +267,11 @@ func (a *Agent) delete(w http.ResponseWriter, r *http.Request, kr kvRequest, p w
 	case kr.recurse && kr.hasCAS:
 		err = badf("query parameter", "\"cas\" deletes one key; it cannot be combined with \"recurse\"")
 	case kr.recurse:
-		_, err = a.src.DeletePrefix(ctx, p, kr.key)
-	case kr.hasCAS && kr.cas > math.MaxInt64:
-		ok = false
+		err = a.store.DeletePrefix(ctx, p, kr.key)
 	case kr.hasCAS:
-		ok, _, err = a.src.DeleteCAS(ctx, p, kr.key, int64(kr.cas))
+		ok, err = a.store.DeleteCAS(ctx, p, kr.key, kr.cas)
 	default:
-		_, err = a.src.Delete(ctx, p, kr.key)
+		err = a.store.Delete(ctx, p, kr.key)
 	}
 	if err != nil {
 		a.writeError(w, r, err)
@@ -285,10 +280,10 @@ func (a *Agent) delete(w http.ResponseWriter, r *http.Request, kr kvRequest, p w
 	writeBool(w, ok)
 }
 
-// writeContext is the context of a write to etcd. It detaches from the
-// request's: once started, neither a client going away nor a shutdown
+// writeContext is the context of a write to the store. It detaches from
+// the request's: once started, neither a client going away nor a shutdown
 // aborts a write midway; WriteTimeout bounds it instead (an unreachable
-// etcd makes the client retry until then).
+// store makes the client retry until then).
 func (a *Agent) writeContext(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(r.Context()), a.cfg.WriteTimeout)
 }

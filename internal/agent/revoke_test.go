@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/etcdtest"
 )
 
@@ -30,8 +31,8 @@ func TestRevokedAccessEndsAtOnce(t *testing.T) {
 		{Name: "rb", Prefix: "b/", Perm: etcdtest.PermRead},
 	}}})
 	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
-	ta := startAgentOn(t, c, func(cfg *Config) {
-		cfg.Tokens = map[string]Credentials{"u-token": {User: "u", Password: "u-pw"}}
+	ta := startAgentOn(t, c, func(cfg *etcdConfig) {
+		cfg.Tokens = map[string]etcdkv.TokenUser{"u-token": {User: "u", Password: "u-pw"}}
 	})
 	kv := ta.consul(t, func(c *api.Config) { c.Token = "u-token" }).KV()
 

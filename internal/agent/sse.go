@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/watchcache/watchcache"
-	"github.com/watchcache/watchcache/etcdkv"
+	"github.com/watchcache/watchcache/kvstore"
 )
 
 // watchParams lists the query parameters /v1/watch/kv accepts.
@@ -74,9 +74,9 @@ func (a *Agent) handleWatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if recurse {
-		streamEvents(a, w, r, a.kinds.Prefix, a.kinds.GetPrefix, etcdkv.PrefixRequest(key, p), since, renderPrefix)
+		streamEvents(a, w, r, a.kinds.Prefix, a.store.GetPrefix, kvstore.PrefixRequest(key, p), since, renderPrefix)
 	} else {
-		streamEvents(a, w, r, a.kinds.Key, a.kinds.GetKey, etcdkv.KeyRequest(key, p), since, renderKey(false))
+		streamEvents(a, w, r, a.kinds.Key, a.store.GetKey, kvstore.KeyRequest(key, p), since, renderKey(false))
 	}
 }
 

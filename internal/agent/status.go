@@ -19,17 +19,18 @@ type statusReport struct {
 	Fetches  uint64  `json:"fetches"`
 	Failures uint64  `json:"fetch_failures"`
 	Upstream struct {
-		Endpoints []string `json:"endpoints"`
-		Healthy   bool     `json:"healthy"`
-		Endpoint  string   `json:"endpoint,omitempty"` // the member that answered
-		Revision  int64    `json:"revision,omitempty"`
-		Leader    bool     `json:"leader"`
-		Error     string   `json:"error,omitempty"`
+		Store    string `json:"store"` // what the agent fronts, e.g. "etcd http://..."
+		Healthy  bool   `json:"healthy"`
+		Endpoint string `json:"endpoint,omitempty"` // the member or server that answered
+		Index    uint64 `json:"index,omitempty"`
+		Leader   bool   `json:"leader"`
+		Error    string `json:"error,omitempty"`
 	} `json:"upstream"`
 }
 
 // handleStatus serves GET /v1/status: the cache's size and hit ratio and
-// whether etcd answers. It answers 200 either way; Upstream.Healthy says.
+// whether the store answers. It answers 200 either way; Upstream.Healthy
+// says.
 func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		a.writeError(w, r, errMethod)
@@ -43,14 +44,14 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if total := st.Hits + st.Misses; total > 0 {
 		rep.HitRatio = float64(st.Hits) / float64(total)
 	}
-	rep.Upstream.Endpoints = a.cfg.EtcdEndpoints
+	rep.Upstream.Store = a.store.Describe()
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if h, err := a.src.Health(ctx); err != nil {
+	if h, err := a.store.Health(ctx); err != nil {
 		rep.Upstream.Error = err.Error()
 	} else {
-		rep.Upstream.Healthy = h.Leader
-		rep.Upstream.Endpoint, rep.Upstream.Revision, rep.Upstream.Leader = h.Endpoint, h.Revision, h.Leader
+		rep.Upstream.Healthy = h.Reachable && h.Leader
+		rep.Upstream.Endpoint, rep.Upstream.Index, rep.Upstream.Leader = h.Endpoint, h.Index, h.Leader
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(rep)

@@ -40,9 +40,14 @@ func testLogger() *slog.Logger {
 // real embedded etcd.
 type testAgent struct {
 	*Agent
-	etcd *etcdtest.Cluster
-	addr string // host:port
-	url  string // http://host:port
+	etcd   *etcdtest.Cluster // nil in front of a memstore
+	addr   string            // host:port
+	url    string            // http://host:port
+	client *http.Client      // for do and sse
+
+	// dial, if set, connects to the agent (in-memory pipes, for tests in
+	// a synctest bubble); otherwise clients dial addr.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // startAgent starts etcd and an agent on it; both stop when the test ends.
@@ -132,10 +137,11 @@ func serveAgent(t testing.TB, cfg Config, c *etcdtest.Cluster) *testAgent {
 		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 			t.Errorf("Serve: %v", err)
 		}
-		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 	})
 	addr := ln.Addr().String()
-	return &testAgent{Agent: a, etcd: c, addr: addr, url: "http://" + addr}
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections) // runs first: cleanups run last-in first-out
+	return &testAgent{Agent: a, etcd: c, addr: addr, url: "http://" + addr, client: &http.Client{Transport: tr}}
 }
 
 // consul returns a consul/api client of the agent; mod adjusts its config.
@@ -143,7 +149,7 @@ func (ta *testAgent) consul(t testing.TB, mod ...func(*api.Config)) *api.Client 
 	t.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Address = ta.addr
-	cfg.Transport = &http.Transport{}
+	cfg.Transport = &http.Transport{DialContext: ta.dial}
 	for _, m := range mod {
 		m(cfg)
 	}

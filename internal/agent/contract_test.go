@@ -1,0 +1,503 @@
+package agent
+
+// The HTTP contract, tested against an in-memory store inside synctest
+// bubbles: fake time, no real-time polling. The end-to-end tests on real
+// etcd are in e2e_test.go.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/watchcache/watchcache"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/consul/api/watch"
+)
+
+// Every kind of bad request gets a 400 (or 405) whose message names what
+// is wrong; nothing reaches etcd.
+func TestHTTPBadRequests(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		big := strings.Repeat("x", MaxValueSize+1)
+		for _, tc := range []struct {
+			method, path, body string
+			header             []string
+			status             int
+			want               string
+		}{
+			{"GET", "/v1/kv/k?index=abc", "", nil, 400, `"index": "abc"`},
+			{"GET", "/v1/kv/k?index=5&wait=forever", "", nil, 400, `"wait": "forever"`},
+			{"GET", "/v1/kv/k?index=5&wait=10", "", nil, 400, `"wait": "10"`},
+			{"GET", "/v1/kv/k?recurse=perhaps", "", nil, 400, `"recurse": "perhaps"`},
+			{"GET", "/v1/kv/k?bogus=1", "", nil, 400, `unknown parameter "bogus"`},
+			{"GET", "/v1/kv/k?%zz", "", nil, 400, `bad query`},
+			{"GET", "/v1/kv/k", "", []string{"Cache-Control", "max-age=later"}, 400, `Cache-Control`},
+			{"PUT", "/v1/kv/k?flags=3", "v", nil, 400, `only 0 is supported`},
+			{"PUT", "/v1/kv/k?acquire=abc", "v", nil, 400, `"acquire" is not supported`},
+			{"PUT", "/v1/kv/k?release=abc", "v", nil, 400, `"release" is not supported`},
+			{"PUT", "/v1/kv/k?cas=minus", "v", nil, 400, `"cas": "minus"`},
+			{"PUT", "/v1/kv/k", big, nil, 400, `larger than 524288 bytes`},
+			{"PUT", "/v1/kv/", "v", nil, 400, `needs a key`},
+			{"DELETE", "/v1/kv/k?recurse&cas=1", "", nil, 400, `cannot be combined`},
+			{"POST", "/v1/kv/k", "", nil, 405, `method not allowed`},
+			{"PUT", "/v1/session/create", "", nil, 400, `/v1/session/create is not served`},
+			{"GET", "/v1/catalog/services", "", nil, 400, `is not served`},
+			{"GET", "/v1/watch/kv/k", "", []string{"Last-Event-ID", "yesterday"}, 400, `Last-Event-ID`},
+			{"GET", "/v1/watch/kv/k?keys", "", nil, 400, `unknown parameter "keys"`},
+			{"GET", "/v1/kv/k", "", []string{"X-Consul-Token", "t"}, 403, `ACL not found`},
+		} {
+			resp, body := ta.do(t, tc.method, tc.path, strings.NewReader(tc.body), tc.header...)
+			if resp.StatusCode != tc.status || !strings.Contains(body, tc.want) {
+				t.Errorf("%s %s: %d %q, want %d mentioning %s", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.want)
+			}
+		}
+		if resp, _ := ta.do(t, "GET", "/v1/kv/k", nil); resp.StatusCode != 404 {
+			t.Fatalf("the key was written by a bad request: %d", resp.StatusCode)
+		}
+	})
+}
+
+// Reads carry Consul's headers: X-Consul-Index (also on 404, so clients
+// can block on a key that does not exist yet), X-Consul-KnownLeader,
+// X-Consul-LastContact, X-Cache and Age; ?raw returns the bare value;
+// ?consistent and Cache-Control: no-cache read through to etcd.
+func TestHTTPReadHeaders(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, store := memAgent(t, nil)
+		resp, _ := ta.do(t, "GET", "/v1/kv/k", nil)
+		if resp.StatusCode != 404 || index(t, resp) == 0 || resp.Header.Get("X-Cache") != "MISS" {
+			t.Fatalf("missing key: %d %v", resp.StatusCode, resp.Header)
+		}
+		if resp, body := ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("hello")); resp.StatusCode != 200 || body != "true" {
+			t.Fatalf("PUT = %d %q", resp.StatusCode, body)
+		}
+		resp, body := ta.do(t, "GET", "/v1/kv/k", nil)
+		var pairs []map[string]any
+		if err := json.Unmarshal([]byte(body), &pairs); err != nil || len(pairs) != 1 || pairs[0]["Value"] != "aGVsbG8=" || pairs[0]["Key"] != "k" {
+			t.Fatalf("GET body = %s (%v)", body, err)
+		}
+		if int(pairs[0]["ModifyIndex"].(float64)) != int(index(t, resp)) {
+			t.Fatalf("X-Consul-Index %d, ModifyIndex %v", index(t, resp), pairs[0]["ModifyIndex"])
+		}
+		for h, want := range map[string]string{"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0", "Age": "0", "Content-Type": "application/json"} {
+			if got := resp.Header.Get(h); got != want {
+				t.Errorf("%s = %q, want %q", h, got, want)
+			}
+		}
+		if resp, _ := ta.do(t, "GET", "/v1/kv/k", nil); resp.Header.Get("X-Cache") != "HIT" {
+			t.Fatalf("second GET X-Cache = %q", resp.Header.Get("X-Cache"))
+		}
+		if resp, body := ta.do(t, "GET", "/v1/kv/k?raw", nil); body != "hello" || resp.StatusCode != 200 {
+			t.Fatalf("raw = %d %q", resp.StatusCode, body)
+		}
+		// Straight to the store, then read through.
+		if err := store.Put(testCtx(t), watchcache.Partition{}, "k", []byte("direct")); err != nil {
+			t.Fatal(err)
+		}
+		for _, read := range [][]string{{"/v1/kv/k?raw&consistent"}, {"/v1/kv/k?raw", "Cache-Control", "no-cache"}, {"/v1/kv/k?raw", "Cache-Control", "must-revalidate"}} {
+			resp, body := ta.do(t, "GET", read[0], nil, read[1:]...)
+			if body != "direct" || resp.Header.Get("X-Cache") != "MISS" {
+				t.Fatalf("%v = %q, X-Cache %s; want the store's value", read, body, resp.Header.Get("X-Cache"))
+			}
+		}
+		if resp, body := ta.do(t, "GET", "/v1/kv/?keys", nil); body != `["k"]` || index(t, resp) == 0 {
+			t.Fatalf("keys = %q", body)
+		}
+	})
+}
+
+// The watch stream pushes every change in order, and a client that
+// reconnects with Last-Event-ID misses nothing that is still current.
+func TestSSEWatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		ctx, cancel := context.WithCancel(testCtx(t))
+		events := ta.sse(t, ctx, "/v1/watch/kv/cfg")
+		if ev := nextEvent(t, events); ev.event != "kv" || ev.data != "[]" {
+			t.Fatalf("first event for a missing key = %+v", ev)
+		}
+		var last uint64
+		for i := range 5 {
+			ta.do(t, "PUT", "/v1/kv/cfg", strings.NewReader(fmt.Sprint("v", i)))
+			ev := nextEvent(t, events)
+			var pairs []kvPair
+			json.Unmarshal([]byte(ev.data), &pairs)
+			id, _ := strconv.ParseUint(ev.id, 10, 64)
+			if len(pairs) != 1 || string(pairs[0].Value) != fmt.Sprint("v", i) || id <= last || id != pairs[0].ModifyIndex {
+				t.Fatalf("event %d = %+v", i, ev)
+			}
+			last = id
+		}
+		cancel() // the client goes away...
+		for range events {
+		}
+		ta.do(t, "PUT", "/v1/kv/cfg", strings.NewReader("while away"))
+
+		// ...and comes back: the change it missed is current, so it comes first.
+		ctx2, cancel2 := context.WithCancel(testCtx(t))
+		defer cancel2()
+		events = ta.sse(t, ctx2, "/v1/watch/kv/cfg", "Last-Event-ID", fmt.Sprint(last))
+		ev := nextEvent(t, events)
+		if !strings.Contains(ev.data, base64("while away")) {
+			t.Fatalf("resumed stream's first event = %+v", ev)
+		}
+		// Resuming at the current index waits for the next change.
+		ctx3, cancel3 := context.WithCancel(testCtx(t))
+		defer cancel3()
+		current := ta.sse(t, ctx3, "/v1/watch/kv/cfg", "Last-Event-ID", ev.id)
+		ta.do(t, "PUT", "/v1/kv/cfg", strings.NewReader("next"))
+		if ev := nextEvent(t, current); !strings.Contains(ev.data, base64("next")) {
+			t.Fatalf("stream resumed at the current index first saw %+v", ev)
+		}
+		// A prefix stream.
+		prefix := ta.sse(t, ctx3, "/v1/watch/kv/?recurse")
+		if ev := nextEvent(t, prefix); !strings.Contains(ev.data, `"Key":"cfg"`) {
+			t.Fatalf("prefix stream = %+v", ev)
+		}
+	})
+}
+
+// Shutdown answers blocking queries at once with the current value and
+// ends event streams.
+func TestShutdownAnswersBlockingQueries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("v"))
+		resp, _ := ta.do(t, "GET", "/v1/kv/k", nil)
+		idx := index(t, resp)
+		answered := make(chan string, 1)
+		go func() {
+			resp, body := ta.do(t, "GET", fmt.Sprintf("/v1/kv/k?raw&index=%d&wait=5m", idx), nil)
+			answered <- fmt.Sprint(resp.StatusCode, " ", body)
+		}()
+		events := ta.sse(t, testCtx(t), "/v1/watch/kv/k")
+		nextEvent(t, events)
+		waitBlocked(t, ta, 1)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		if err := ta.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := <-answered; got != "200 v" {
+			t.Fatalf("blocking query at shutdown = %q, want 200 v", got)
+		}
+		for range events {
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Fatalf("shutdown took %v", took)
+		}
+	})
+}
+
+// A stream opened right after a PUT starts at (or after) that write: the
+// stream reads its entry with read-your-writes first.
+func TestSSEAfterWrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		ta.do(t, "PUT", "/v1/kv/p/k", strings.NewReader("v0"))
+		ctx, cancel := context.WithCancel(testCtx(t))
+		defer cancel()
+		nextEvent(t, ta.sse(t, ctx, "/v1/watch/kv/p/?recurse")) // the prefix entry is cached and watched
+		for i := 1; i <= 100; i++ {
+			want := fmt.Sprint("v", i)
+			ta.do(t, "PUT", "/v1/kv/p/k", strings.NewReader(want))
+			sctx, scancel := context.WithCancel(ctx)
+			ev := nextEvent(t, ta.sse(t, sctx, "/v1/watch/kv/p/?recurse"))
+			scancel()
+			if !strings.Contains(ev.data, base64(want)) {
+				t.Fatalf("stream opened after PUT %s began with %s", want, ev.data)
+			}
+		}
+	})
+}
+
+// Blocking queries of consul/api: WaitIndex returns on the next change
+// with a higher index; WaitTime ends a query with no change with the same
+// index and no error.
+func TestConsulBlocking(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		kv := ta.consul(t).KV()
+		ctx := testCtx(t)
+		kv.Put(&api.KVPair{Key: "cfg", Value: []byte("v1")}, nil)
+		_, meta, err := kv.Get("cfg", (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		got := make(chan *api.KVPair, 1)
+		metas := make(chan *api.QueryMeta, 1)
+		go func() {
+			p, m, err := kv.Get("cfg", (&api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: time.Minute}).WithContext(ctx))
+			if err != nil {
+				t.Error(err)
+			}
+			got <- p
+			metas <- m
+		}()
+		waitBlocked(t, ta, 1)
+		kv.Put(&api.KVPair{Key: "cfg", Value: []byte("v2")}, nil)
+		if p := <-got; p == nil || string(p.Value) != "v2" {
+			t.Fatalf("blocking Get = %+v, want v2", p)
+		}
+		if m := <-metas; m.LastIndex <= meta.LastIndex {
+			t.Fatalf("index after change %d, want > %d", m.LastIndex, meta.LastIndex)
+		}
+
+		// No change: the wait ends with the same index.
+		_, meta, _ = kv.Get("cfg", nil)
+		start := time.Now()
+		p, m, err := kv.Get("cfg", (&api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 300 * time.Millisecond}).WithContext(ctx))
+		if err != nil || string(p.Value) != "v2" || m.LastIndex != meta.LastIndex {
+			t.Fatalf("timed-out blocking Get = %+v %+v %v", p, m, err)
+		}
+		if waited := time.Since(start); waited < 300*time.Millisecond {
+			t.Fatalf("blocking Get returned after %v, before its wait", waited)
+		}
+
+		// A key that does not exist yet: block on the 404's index until it does.
+		_, meta, _ = kv.Get("later", nil)
+		go func() {
+			p, _, err := kv.Get("later", (&api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: time.Minute}).WithContext(ctx))
+			if err != nil {
+				t.Error(err)
+			}
+			got <- p
+		}()
+		waitBlocked(t, ta, 1)
+		kv.Put(&api.KVPair{Key: "later", Value: []byte("here")}, nil)
+		if p := <-got; p == nil || string(p.Value) != "here" {
+			t.Fatalf("blocking Get of a created key = %+v", p)
+		}
+	})
+}
+
+// Consul's api/watch plans of type key and keyprefix run against the
+// agent and receive every change.
+func TestConsulWatchPlans(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		client := ta.consul(t)
+		kv := client.KV()
+		kv.Put(&api.KVPair{Key: "svc/a", Value: []byte("1")}, nil)
+
+		type seen struct {
+			idx   uint64
+			value string
+		}
+		run := func(params map[string]any, out chan<- seen) *watch.Plan {
+			plan, err := watch.Parse(params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plan.HybridHandler = func(v watch.BlockingParamVal, raw any) {
+				idx := uint64(v.(watch.WaitIndexVal))
+				switch r := raw.(type) {
+				case *api.KVPair:
+					out <- seen{idx, string(r.Value)}
+				case api.KVPairs:
+					s := ""
+					for _, p := range r {
+						s += p.Key + "=" + string(p.Value) + ";"
+					}
+					out <- seen{idx, s}
+				case nil:
+					out <- seen{idx, "<nil>"}
+				}
+			}
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				if err := plan.RunWithClientAndHclog(client, nil); err != nil {
+					t.Error(err)
+				}
+			})
+			t.Cleanup(func() { plan.Stop(); wg.Wait() })
+			return plan
+		}
+		keyCh := make(chan seen, 16)
+		prefixCh := make(chan seen, 16)
+		run(map[string]any{"type": "key", "key": "svc/a"}, keyCh)
+		run(map[string]any{"type": "keyprefix", "prefix": "svc/"}, prefixCh)
+
+		expect := func(ch <-chan seen, want string) uint64 {
+			t.Helper()
+			select {
+			case s := <-ch:
+				if s.value != want {
+					t.Fatalf("watch saw %q, want %q", s.value, want)
+				}
+				return s.idx
+			case <-time.After(waitFor):
+				t.Fatalf("watch did not see %q", want)
+			}
+			return 0
+		}
+		k1 := expect(keyCh, "1")
+		p1 := expect(prefixCh, "svc/a=1;")
+		kv.Put(&api.KVPair{Key: "svc/a", Value: []byte("2")}, nil)
+		if k2 := expect(keyCh, "2"); k2 <= k1 {
+			t.Fatalf("key watch index %d after %d", k2, k1)
+		}
+		expect(prefixCh, "svc/a=2;")
+		kv.Put(&api.KVPair{Key: "svc/b", Value: []byte("3")}, nil)
+		if p3 := expect(prefixCh, "svc/a=2;svc/b=3;"); p3 <= p1 {
+			t.Fatalf("prefix watch index %d after %d", p3, p1)
+		}
+		kv.Delete("svc/a", nil)
+		expect(keyCh, "<nil>")
+		expect(prefixCh, "svc/b=3;")
+	})
+}
+
+// The consul/api KV client works against the agent: Put, Get, List, Keys,
+// CAS, Delete, DeleteCAS, DeleteTree.
+func TestConsulKV(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		kv := ta.consul(t).KV()
+		ctx := testCtx(t)
+		q := (&api.QueryOptions{}).WithContext(ctx)
+		w := (&api.WriteOptions{}).WithContext(ctx)
+
+		if _, err := kv.Put(&api.KVPair{Key: "app/db", Value: []byte("postgres")}, w); err != nil {
+			t.Fatal(err)
+		}
+		pair, meta, err := kv.Get("app/db", q)
+		if err != nil || pair == nil || string(pair.Value) != "postgres" || pair.ModifyIndex == 0 || meta.LastIndex != pair.ModifyIndex {
+			t.Fatalf("Get = %+v %+v %v", pair, meta, err)
+		}
+		if missing, meta, err := kv.Get("app/none", q); err != nil || missing != nil || meta.LastIndex == 0 {
+			t.Fatalf("Get of a missing key = %+v %+v %v, want nil with an index", missing, meta, err)
+		}
+		kv.Put(&api.KVPair{Key: "app/web/port", Value: []byte("80")}, w)
+		kv.Put(&api.KVPair{Key: "app/web/host", Value: []byte("h")}, w)
+		pairs, _, err := kv.List("app/", q)
+		if err != nil || len(pairs) != 3 || pairs[0].Key != "app/db" {
+			t.Fatalf("List = %+v %v", pairs, err)
+		}
+		keys, _, err := kv.Keys("app/", "/", q)
+		if err != nil || len(keys) != 2 || keys[0] != "app/db" || keys[1] != "app/web/" {
+			t.Fatalf("Keys = %v %v", keys, err)
+		}
+
+		pair, _, _ = kv.Get("app/db", q)
+		ok, _, err := kv.CAS(&api.KVPair{Key: "app/db", Value: []byte("mysql"), ModifyIndex: pair.ModifyIndex - 1}, w)
+		if err != nil || ok {
+			t.Fatalf("CAS with a stale index = %v %v, want false", ok, err)
+		}
+		ok, _, err = kv.CAS(&api.KVPair{Key: "app/db", Value: []byte("mysql"), ModifyIndex: pair.ModifyIndex}, w)
+		if err != nil || !ok {
+			t.Fatalf("CAS = %v %v, want true", ok, err)
+		}
+		if pair, _, _ := kv.Get("app/db", q); string(pair.Value) != "mysql" {
+			t.Fatalf("after CAS, Get = %q: read-your-writes broken", pair.Value)
+		}
+		ok, _, err = kv.CAS(&api.KVPair{Key: "app/new", Value: []byte("x"), ModifyIndex: 0}, w)
+		if err != nil || !ok {
+			t.Fatalf("CAS 0 on a missing key = %v %v, want true", ok, err)
+		}
+		pair, _, _ = kv.Get("app/new", q)
+		if ok, _, err := kv.DeleteCAS(&api.KVPair{Key: "app/new", ModifyIndex: pair.ModifyIndex + 1}, w); err != nil || ok {
+			t.Fatalf("DeleteCAS with a wrong index = %v %v", ok, err)
+		}
+		if ok, _, err := kv.DeleteCAS(&api.KVPair{Key: "app/new", ModifyIndex: pair.ModifyIndex}, w); err != nil || !ok {
+			t.Fatalf("DeleteCAS = %v %v", ok, err)
+		}
+		if p, _, _ := kv.Get("app/new", q); p != nil {
+			t.Fatalf("after DeleteCAS, Get = %+v", p)
+		}
+		if _, err := kv.Delete("app/db", w); err != nil {
+			t.Fatal(err)
+		}
+		if p, _, _ := kv.Get("app/db", q); p != nil {
+			t.Fatalf("after Delete, Get = %+v", p)
+		}
+		if _, err := kv.DeleteTree("app/", w); err != nil {
+			t.Fatal(err)
+		}
+		if pairs, _, _ := kv.List("app/", q); len(pairs) != 0 {
+			t.Fatalf("after DeleteTree, List = %+v", pairs)
+		}
+	})
+}
+
+// When the store is unreachable, plain reads keep serving the last value
+// with its Age, blocking reads and writes fail with a 5xx naming the
+// problem, max-age is honoured with stale-if-error, and all recovers when
+// the store is back.
+func TestHTTPStoreOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, store := memAgent(t, nil)
+		ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("v1"))
+		resp, _ := ta.do(t, "GET", "/v1/kv/k", nil)
+		idx := index(t, resp)
+		store.SetDown(true)
+		synctest.Wait()             // the entry's query failed
+		time.Sleep(3 * time.Second) // fake time
+		resp, body := ta.do(t, "GET", "/v1/kv/k?raw", nil)
+		if resp.StatusCode != 200 || body != "v1" || resp.Header.Get("Age") != "3" || resp.Header.Get("X-Consul-KnownLeader") != "false" {
+			t.Fatalf("plain GET during the outage = %d %q %v, want the last value, Age 3", resp.StatusCode, body, resp.Header)
+		}
+		if resp, body := ta.do(t, "GET", fmt.Sprintf("/v1/kv/k?index=%d&wait=5s", idx), nil); resp.StatusCode < 500 || !strings.Contains(body, "unreachable") {
+			t.Fatalf("blocking GET during the outage = %d %q, want a 5xx with the store's reason", resp.StatusCode, body)
+		}
+		if resp, body := ta.do(t, "GET", "/v1/kv/k?raw", nil, "Cache-Control", "max-age=0"); resp.StatusCode < 500 {
+			t.Fatalf("max-age=0 during the outage = %d %q, want a 5xx", resp.StatusCode, body)
+		}
+		if resp, body := ta.do(t, "GET", "/v1/kv/k?raw", nil, "Cache-Control", "max-age=0, stale-if-error=3600"); resp.StatusCode != 200 || body != "v1" {
+			t.Fatalf("stale-if-error during the outage = %d %q, want the last value", resp.StatusCode, body)
+		}
+		if resp, body := ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("v2")); resp.StatusCode < 500 || !strings.Contains(body, "unreachable") {
+			t.Fatalf("PUT during the outage = %d %q, want a 5xx with the reason", resp.StatusCode, body)
+		}
+
+		store.SetDown(false)
+		time.Sleep(2 * time.Minute) // past the longest backoff
+		if resp, body := ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("v3")); resp.StatusCode != 200 || body != "true" {
+			t.Fatalf("PUT after recovery = %d %q", resp.StatusCode, body)
+		}
+		if resp, body := ta.do(t, "GET", "/v1/kv/k?raw", nil); body != "v3" || resp.Header.Get("Age") != "0" {
+			t.Fatalf("GET after recovery = %q, Age %s", body, resp.Header.Get("Age"))
+		}
+	})
+}
+
+// /v1/status reports the cache and the store; /metrics exports Prometheus
+// metrics of the cache, the process and the Go runtime.
+func TestStatusAndMetrics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, store := memAgent(t, nil)
+		ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("v"))
+		ta.do(t, "GET", "/v1/kv/k", nil)
+		ta.do(t, "GET", "/v1/kv/k", nil)
+		resp, body := ta.do(t, "GET", "/v1/status", nil)
+		var st statusReport
+		if err := json.Unmarshal([]byte(body), &st); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("status = %d %s (%v)", resp.StatusCode, body, err)
+		}
+		if st.Entries != 1 || st.Hits < 1 || st.HitRatio <= 0 || !st.Upstream.Healthy || st.Upstream.Index != store.Index() || st.Upstream.Store != "memory" {
+			t.Fatalf("status = %+v", st)
+		}
+		_, body = ta.do(t, "GET", "/metrics", nil)
+		for _, m := range []string{`watchcache_hits_total{kind="mem-key"} `, `watchcache_entries{kind="mem-key"} 1`, "process_resident_memory_bytes", "go_goroutines"} {
+			if !strings.Contains(body, m) {
+				t.Errorf("/metrics lacks %s", m)
+			}
+		}
+		store.SetDown(true)
+		_, body = ta.do(t, "GET", "/v1/status", nil)
+		json.Unmarshal([]byte(body), &st)
+		if st.Upstream.Healthy || st.Upstream.Error == "" {
+			t.Fatalf("status with the store down = %+v", st.Upstream)
+		}
+	})
+}

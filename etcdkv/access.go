@@ -52,6 +52,9 @@ type authState struct {
 	off atomic.Bool
 	// checks counts the check requests sent to etcd, for benchmarks.
 	checks atomic.Int64
+	// polled is when the last successful poll of the auth status began,
+	// in Unix nanoseconds; 0 before the first.
+	polled atomic.Int64
 
 	mu      sync.Mutex    // protects changed
 	changed chan struct{} // closed and replaced when epoch moves
@@ -68,6 +71,12 @@ func (a *authState) current() (uint64, <-chan struct{}) {
 	return a.epoch.Load(), a.changed
 }
 
+// fresh reports whether a poll that began within d succeeded.
+func (a *authState) fresh(d time.Duration) bool {
+	t := a.polled.Load()
+	return t != 0 && time.Since(time.Unix(0, t)) <= d
+}
+
 // bump starts a new epoch.
 func (a *authState) bump() {
 	a.mu.Lock()
@@ -79,9 +88,11 @@ func (a *authState) bump() {
 
 // watchAuth polls etcd's auth status and bumps the epoch when the auth
 // revision or the enabled flag moved. AuthStatus goes through Raft, so it
-// is asked once per interval for the whole source, not per entry. A
-// failed poll changes nothing: while etcd is unreachable no new value can
-// arrive either, and the next successful poll tells what changed.
+// is asked once per interval for the whole source, not per entry. It is
+// asked without a token: it needs none, and the source's own credentials
+// may be the ones that were revoked. A failed poll changes nothing but the
+// freshness needsCheck relies on: while etcd is unreachable no new value
+// can arrive either, and the next successful poll tells what changed.
 func (s *Source) watchAuth() {
 	t := time.NewTicker(s.cfg.AuthCheckInterval)
 	defer t.Stop()
@@ -89,22 +100,31 @@ func (s *Source) watchAuth() {
 		known   bool
 		enabled bool
 		rev     uint64
+		failing bool
 	)
 	for {
+		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-		resp, err := s.conn.AuthStatus(s.own.ctx(ctx))
+		resp, err := s.conn.AuthStatus(ctx)
 		cancel()
 		switch {
 		case err != nil:
-			s.log.Debug("etcdkv: asking etcd for its auth status", "error", err)
-		case !known || resp.Enabled != enabled || resp.AuthRevision != rev:
-			if known {
-				s.log.Info("etcdkv: etcd's auth store changed; confirming every identity's access again",
-					"enabled", resp.Enabled, "auth_revision", resp.AuthRevision)
+			if !failing && s.auth.polled.Load() != 0 {
+				s.log.Warn("etcdkv: cannot ask etcd whether its auth store changed; confirming every change until it answers", "error", err)
 			}
-			known, enabled, rev = true, resp.Enabled, resp.AuthRevision
-			s.auth.off.Store(!enabled)
-			s.auth.bump()
+			failing = true
+		default:
+			failing = false
+			s.auth.polled.Store(start.UnixNano())
+			if !known || resp.Enabled != enabled || resp.AuthRevision != rev {
+				if known {
+					s.log.Info("etcdkv: etcd's auth store changed; confirming every identity's access again",
+						"enabled", resp.Enabled, "auth_revision", resp.AuthRevision)
+				}
+				known, enabled, rev = true, resp.Enabled, resp.AuthRevision
+				s.auth.off.Store(!enabled)
+				s.auth.bump()
+			}
 		}
 		select {
 		case <-t.C:
@@ -117,12 +137,21 @@ func (s *Source) watchAuth() {
 // needsCheck reports whether an entry last confirmed in epoch verified
 // must confirm again before it delivers its value; change says the value
 // holds changes from a watch that were never confirmed.
+//
+// Strict mode confirms every change, even while etcd last said its auth
+// was off: auth may have been turned on (after a revocation) since that
+// poll. Otherwise a value is confirmed when the epoch moved, and every
+// change is while the source cannot tell whether it did (no poll
+// succeeded for two intervals): the bound of AccessCheckBounded then falls
+// back to strict rather than to no check at all.
 func (s *Source) needsCheck(verified uint64, change bool) bool {
 	switch {
-	case s.auth.off.Load():
-		return false
 	case change && s.cfg.AccessCheck == AccessCheckStrict:
 		return true
+	case change && !s.auth.fresh(2*s.cfg.AuthCheckInterval):
+		return true
+	case s.auth.off.Load():
+		return false
 	}
 	return verified != s.auth.epoch.Load()
 }

@@ -72,11 +72,12 @@ func accessClass(err error) error {
 	case errors.Is(err, ErrAuthFailed),
 		errors.Is(err, rpctypes.ErrAuthFailed),
 		errors.Is(err, rpctypes.ErrUserNotFound),
-		errors.Is(err, rpctypes.ErrUserEmpty),
-		errors.Is(err, rpctypes.ErrInvalidAuthToken),
-		errors.Is(err, rpctypes.ErrAuthOldRevision):
+		errors.Is(err, rpctypes.ErrUserEmpty):
 		return ErrAuthFailed
 	}
+	// A stale token (etcd invalidates them on every auth change, and
+	// simple tokens expire) is not a verdict on the credentials: the
+	// request renews it, and if that still fails the error is transient.
 	return nil
 }
 

@@ -49,8 +49,8 @@ type identity struct {
 // users never share cached data. Each user's identity (its credentials and
 // etcd token) is made on the first Login, reused by later ones that present
 // the same password, and dropped after Config.IdentityIdleTTL unused or
-// when more than Config.MaxIdentities are held (least recently used first,
-// never one in use).
+// when more than Config.MaxIdentities are held (least recently used
+// first).
 //
 // A wrong password, an unknown user or an empty one fail with an error
 // wrapping ErrAuthFailed, and never reuse the identity (or the cached
@@ -70,17 +70,13 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 		return watchcache.Partition{}, &etcdError{op: "login", class: ErrAuthFailed, err: errors.New("empty user name or password")}
 	}
 	hash := s.hashPassword(user, password)
-	now := time.Now()
+	now := time.Now() // before etcd is asked: a verification after it supersedes this one
 	p := watchcache.Partition{Token: tokenPrefix + user}
 
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return watchcache.Partition{}, ErrClosed
-	}
-	if now.Before(s.authOff) {
-		s.mu.Unlock()
-		return watchcache.Partition{}, nil
 	}
 	if id := s.pool[user]; id != nil && hmac.Equal(id.hash, hash) && s.cfg.LoginTTL > 0 && now.Sub(id.verifiedAt) < s.cfg.LoginTTL {
 		s.touchLocked(id, now)
@@ -96,9 +92,9 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 	cancel()
 	switch {
 	case errors.Is(err, rpctypes.ErrAuthNotEnabled):
-		s.mu.Lock()
-		s.authOff = time.Now().Add(max(s.cfg.LoginTTL, 0))
-		s.mu.Unlock()
+		// Not remembered: auth may be turned on at any time, and a Login
+		// after that must check the password. etcd answers this at once,
+		// without hashing anything.
 		return watchcache.Partition{}, nil
 	case err != nil:
 		err = wrapErr("login as "+strconv.Quote(user), err)
@@ -130,6 +126,13 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 		return p, nil
 	}
 	if old := s.pool[user]; old != nil {
+		if old.verifiedAt.After(now) {
+			// Another password was verified after this Login asked etcd:
+			// this answer may predate a password change, so it proves
+			// nothing now.
+			return watchcache.Partition{}, &etcdError{op: "login as " + strconv.Quote(user), class: ErrAuthFailed,
+				err: errors.New("another password was accepted since; try again")}
+		}
 		// The password changed: each entry moves to the new identity at
 		// its next fetch (see fetchRange).
 		s.revokeLocked(old)

@@ -96,9 +96,9 @@ type Config struct {
 	ReadYourWritesWait time.Duration
 
 	// MaxIdentities bounds the identities (users logged in with Login)
-	// the source holds: beyond it the least recently used one that no
-	// request or cache entry uses is dropped, and must log in again. 0
-	// means DefaultMaxIdentities. Identities share the source's one
+	// the source holds: beyond it the least recently used one is dropped,
+	// and its Partition needs a Login again (cache entries that use it keep
+	// it). 0 means DefaultMaxIdentities. Identities share the source's one
 	// connection to etcd, so each costs its credentials and token.
 	MaxIdentities int
 
@@ -117,9 +117,12 @@ type Config struct {
 	QueryTimeout time.Duration
 	LastGetTTL   time.Duration
 
-	// ConfigureClient, if set, adjusts the configuration of every etcd
-	// client the source makes (TLS, dial options, a zap logger) after the
-	// source filled in endpoints, credentials and timeouts.
+	// ConfigureClient, if set, adjusts the configuration of the source's
+	// etcd client (TLS, dial options, a zap logger) after the source filled
+	// in endpoints and timeouts. It must not set credentials (Username,
+	// Password, Token): the client carries every identity's requests, each
+	// with its own token, and client credentials would make all of them
+	// that user's. Set Username and Password above instead.
 	ConfigureClient func(*clientv3.Config)
 
 	// Logger receives the source's logs; nil means slog.Default().
@@ -199,7 +202,6 @@ type Source struct {
 	own     *identity  // the source's own identity (Config.Username or anonymous)
 	pool    map[string]*identity
 	lru     list.List // pooled identities, most recently used first
-	authOff time.Time // until then, Login knows etcd's authentication is off
 	closed  bool
 	stopJan chan struct{}  // closed by Close to stop the janitor and the auth watcher
 	bg      sync.WaitGroup // the source's goroutines; Close waits for them
@@ -234,6 +236,9 @@ func New(cfg Config) (*Source, error) {
 	}
 	if cfg.ConfigureClient != nil {
 		cfg.ConfigureClient(&cc)
+		if cc.Username != "" || cc.Password != "" || cc.Token != "" {
+			return nil, invalidf("Config.ConfigureClient set client credentials; set Config.Username and Password instead (every identity shares the client)")
+		}
 	}
 	// After ConfigureClient, which may replace DialOptions: without it an
 	// identity whose token etcd invalidated would fail instead of renewing.

@@ -28,14 +28,20 @@ import (
 type identityKey struct{}
 
 // ctx returns ctx carrying id's current token, as the metadata etcd reads,
-// and id itself, for renewal. An anonymous identity adds nothing.
+// and id itself, for renewal. Whatever credentials ctx carried are
+// replaced: etcd authenticates a request by the first token it finds, and
+// a caller's metadata must not make it someone else's. An anonymous
+// identity carries none.
 func (id *identity) ctx(ctx context.Context) context.Context {
-	if id.password == "" {
-		return ctx
+	md, _ := metadata.FromOutgoingContext(ctx)
+	md = md.Copy()
+	md.Delete(rpctypes.TokenFieldNameGRPC)
+	md.Delete("authorization")
+	if id.password != "" {
+		md.Set(rpctypes.TokenFieldNameGRPC, id.currentToken())
+		ctx = context.WithValue(ctx, identityKey{}, id)
 	}
-	tok := id.currentToken()
-	ctx = context.WithValue(ctx, identityKey{}, id)
-	return metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, tok)
+	return metadata.NewOutgoingContext(ctx, md)
 }
 
 func (id *identity) currentToken() string {
@@ -73,7 +79,9 @@ func (id *identity) renew(ctx context.Context, old string) error {
 	id.renewing = c
 	id.tokenMu.Unlock()
 
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), id.s.cfg.RequestTimeout)
+	// Shared by every request of the identity, so not under one's context
+	// (nor with its identity: Authenticate needs no token).
+	actx, cancel := context.WithTimeout(context.Background(), id.s.cfg.RequestTimeout)
 	resp, err := id.s.conn.Authenticate(actx, id.user, id.password)
 	cancel()
 
@@ -116,10 +124,18 @@ func renewInterceptor(ctx context.Context, method string, req, reply any, cc *gr
 	if v := md.Get(rpctypes.TokenFieldNameGRPC); len(v) > 0 {
 		old = v[len(v)-1]
 	}
-	if rerr := id.renew(ctx, old); rerr != nil {
-		return rerr
+	// A burst of auth changes can make the new token stale too: renew a
+	// few times before giving up (the error is then a transient one).
+	for range 3 {
+		if rerr := id.renew(ctx, old); rerr != nil {
+			return rerr
+		}
+		old = id.currentToken()
+		md = md.Copy()
+		md.Set(rpctypes.TokenFieldNameGRPC, old)
+		if err = invoker(metadata.NewOutgoingContext(ctx, md), method, req, reply, cc, opts...); err == nil || !staleToken(err) {
+			return err
+		}
 	}
-	md = md.Copy()
-	md.Set(rpctypes.TokenFieldNameGRPC, id.currentToken())
-	return invoker(metadata.NewOutgoingContext(ctx, md), method, req, reply, cc, opts...)
+	return err
 }

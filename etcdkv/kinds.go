@@ -2,7 +2,6 @@ package etcdkv
 
 import (
 	"context"
-	"time"
 
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/kvstore"
@@ -94,48 +93,16 @@ func (k *Kinds) GetKeys(ctx context.Context, req watchcache.Request) (KeyList, w
 	return getConsistent(ctx, k.s, k.Keys, sp, deriveKeys, req)
 }
 
-// getConsistent gets req from the cache and makes sure the result reflects
-// every recent write of this process to sp's range: if it does not, it
-// waits for the entry to catch up (a blocking Get per change, up to
-// ReadYourWritesWait), and failing that reads from etcd directly with the
-// caller's identity. The watch is normally milliseconds behind, so the wait
-// is short; the direct read covers a watch that is stuck or far behind.
+// getConsistent gets req from the cache with read-your-writes for sp's
+// range (kvstore.ReadYourWrites): the watch is normally milliseconds
+// behind a write, and a read from etcd with the caller's identity covers
+// one that is stuck or far behind.
 func getConsistent[V any](ctx context.Context, s *Source, kind *watchcache.Kind[V], sp spec, derive func(spec, []Entry) V, req watchcache.Request) (V, watchcache.ResultMeta, error) {
-	v, meta, err := kind.Get(ctx, req)
-	if err != nil {
-		return v, meta, err
-	}
-	need := s.writes.pending(sp)
-	if need.satisfiedBy(meta.Index, kvstore.Empty(v)) {
-		return v, meta, nil
-	}
-	deadline := time.Now().Add(s.cfg.ReadYourWritesWait)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			break
-		}
-		r := req
-		r.MinIndex, r.Timeout = meta.Index, left
-		v2, meta2, err := kind.Get(ctx, r)
-		if err != nil {
-			if ctx.Err() != nil {
-				var zero V
-				return zero, watchcache.ResultMeta{}, ctx.Err()
-			}
-			break // the entry is failing: etcd decides
-		}
-		if need.satisfiedBy(meta2.Index, kvstore.Empty(v2)) {
-			return v2, meta2, nil
-		}
-		if meta2.Index == meta.Index {
-			break // timed out without a change
-		}
-		meta = meta2
-	}
-	s.log.Debug("etcdkv: entry has not caught up with a write of this process; reading from etcd",
-		"range", sp.describe(), "index", meta.Index, "write_revision", max(need.must, need.cover))
-	return readValue(ctx, s, sp, req.Partition, derive)
+	return kvstore.ReadYourWrites(ctx, &s.writes, kind, sp.key, sp.isRange(), req, s.cfg.ReadYourWritesWait,
+		func(ctx context.Context) (V, watchcache.ResultMeta, error) {
+			s.log.Debug("etcdkv: entry has not caught up with a write of this process; reading from etcd", "range", sp.describe())
+			return readValue(ctx, s, sp, req.Partition, derive)
+		})
 }
 
 // readValue reads sp's range from etcd with p's identity, bypassing the

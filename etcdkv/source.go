@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/watchcache/watchcache/kvstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -186,7 +187,7 @@ type Source struct {
 	cfg    Config
 	log    *slog.Logger
 	secret []byte // keys the password hashes of the identity pool
-	writes writeLog
+	writes kvstore.WriteLog
 
 	// testHookBeforeWatch, if set (by tests only), runs before an entry's
 	// watch is created from revision rev, after the read it follows.
@@ -225,7 +226,6 @@ func New(cfg Config) (*Source, error) {
 	if _, err := rand.Read(s.secret); err != nil {
 		return nil, fmt.Errorf("etcdkv: %w", err)
 	}
-	s.writes.init()
 	s.auth.init()
 	cc := clientv3.Config{
 		Endpoints:   cfg.Endpoints,

@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/hashicorp/consul/api"
+	"github.com/watchcache/watchcache/consulkv"
 	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/agent"
 	"github.com/watchcache/watchcache/internal/devetcd"
@@ -44,18 +46,26 @@ type agentOptions struct {
 	maxIdentities   int
 	accessCheck     etcdkv.AccessCheck
 	authCheck       time.Duration
+	consul          string // address of a Consul-protocol upstream
+	consulToken     string
+	consulCA        string
+	consulCert      string
+	consulKey       string
 	datacenter      string
 	shutdownTimeout time.Duration
 }
 
 const agentAbout = `Runs the agent: Consul's KV HTTP API (/v1/kv/), an event stream of
 changes (/v1/watch/kv/), /v1/status and /metrics, served from one shared
-cache in front of etcd. Give either -dev or -etcd.
+cache in front of a store. Give exactly one of -dev, -etcd and -consul.
 
-  -dev    starts a single-node etcd inside the agent, with its data in a
-          temporary directory that is removed on exit. etcdctl works against
-          it on -dev-etcd-addr.
-  -etcd   fronts an existing etcd cluster.
+  -dev     starts a single-node etcd inside the agent, with its data in a
+           temporary directory that is removed on exit. etcdctl works
+           against it on -dev-etcd-addr.
+  -etcd    fronts an existing etcd cluster.
+  -consul  fronts a server that speaks Consul's KV HTTP API: a Consul
+           cluster, or another watchcache agent (agents chain: edge ->
+           regional -> etcd). Request tokens are passed along.
 
 The agent stops cleanly on SIGINT or SIGTERM.`
 
@@ -87,11 +97,16 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 	fs.Var(intValue{&o.maxIdentities}, "max-identities", "most etcd `identities` (users from basic auth or tokens) held; the least recently\nused are dropped and must authenticate again (0: 1000)")
 	fs.Var(accessCheckValue{&o.accessCheck}, "access-check", "when an identity's access is confirmed with etcd: `strict` (every change, so no\nvalue written after a revocation reaches it) or bounded (only after etcd's\nauth store changed: up to -auth-check-interval late)")
 	fs.Var(maxDurationValue{&o.authCheck, time.Second}, "auth-check-interval", "how often etcd is asked whether its users, roles or permissions changed,\na `duration` of at most 1s")
+	fs.Var(consulAddrValue{&o.consul}, "consul", "`URL` of a Consul-protocol upstream: http://host:8500 or https://host:8501")
+	fs.StringVar(&o.consulToken, "consul-token", "", "the agent's own ACL `token` for -consul; prefer the variable")
+	fs.StringVar(&o.consulCA, "consul-cacert", "", "CA certificate `file` to verify an HTTPS -consul upstream")
+	fs.StringVar(&o.consulCert, "consul-cert", "", "client certificate `file` for an HTTPS -consul upstream")
+	fs.StringVar(&o.consulKey, "consul-key", "", "client key `file` for -consul-cert")
 	fs.StringVar(&o.datacenter, "datacenter", defaultDatacenter, "`name` of the datacenter the agent answers ?dc= for")
 	fs.Var(durationValue{&o.shutdownTimeout}, "shutdown-timeout", "`duration` open requests may take to finish on shutdown")
 	c.withEnv("http-addr", "dev", "dev-etcd-addr", "etcd", "etcd-username", "etcd-password", "tokens",
 		"log-level", "entry-fetch-rate", "entry-fetch-burst", "max-entries", "max-identities", "access-check",
-		"auth-check-interval", "datacenter", "shutdown-timeout")
+		"auth-check-interval", "consul", "consul-token", "consul-cacert", "consul-cert", "consul-key", "datacenter", "shutdown-timeout")
 
 	if code, ok := c.parse(args, stdout, getenv); !ok {
 		return o, code, false
@@ -99,10 +114,16 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 	switch {
 	case fs.NArg() > 0:
 		return o, c.usageErrorf("unexpected argument %q", fs.Arg(0)), false
-	case o.dev && len(o.etcd) > 0:
-		return o, c.usageErrorf("%s and %s cannot be used together: -dev runs its own etcd", c.source("dev"), c.source("etcd")), false
-	case !o.dev && len(o.etcd) == 0:
-		return o, c.usageErrorf("no etcd: give -dev to run a throwaway embedded etcd, or -etcd host:port,... to use a cluster"), false
+	case countSet(o.dev, len(o.etcd) > 0, o.consul != "") > 1:
+		return o, c.usageErrorf("give one of %s, %s and %s: each names the store the agent fronts", c.source("dev"), c.source("etcd"), c.source("consul")), false
+	case !o.dev && len(o.etcd) == 0 && o.consul == "":
+		return o, c.usageErrorf("no store: give -dev to run a throwaway embedded etcd, -etcd host:port,... to use an etcd cluster, or -consul http://host:8500 to front a Consul server or another agent"), false
+	case o.consul == "" && (o.consulToken != "" || o.consulCA != "" || o.consulCert != "" || o.consulKey != ""):
+		return o, c.usageErrorf("-consul-token, -consul-cacert, -consul-cert and -consul-key are for -consul"), false
+	case (o.consulCert == "") != (o.consulKey == ""):
+		return o, c.usageErrorf("%s and %s go together", c.source("consul-cert"), c.source("consul-key")), false
+	case o.consul != "" && o.tokensFile != "":
+		return o, c.usageErrorf("%s maps tokens to etcd users; a -consul upstream takes the tokens themselves", c.source("tokens")), false
 	case !o.dev && c.isSet("dev-etcd-addr"):
 		return o, c.usageErrorf("%s is for -dev", c.source("dev-etcd-addr")), false
 	case o.datacenter == "":
@@ -155,6 +176,9 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 
 	endpoints := o.etcd
 	where := "etcd " + strings.Join(endpoints, ",")
+	if o.consul != "" {
+		where = "Consul-protocol upstream " + o.consul
+	}
 	var storeErr <-chan error // the embedded etcd's failures; without -dev nil, which never receives
 	if o.dev {
 		log.Info("starting the embedded etcd", "addr", o.devEtcdAddr)
@@ -177,15 +201,26 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 		return nil
 	}
 
-	up, err := upstream.OpenEtcd(etcdkv.Config{
-		Endpoints:         endpoints,
-		Username:          o.etcdUsername,
-		Password:          o.etcdPassword,
-		MaxIdentities:     o.maxIdentities,
-		AccessCheck:       o.accessCheck,
-		AuthCheckInterval: o.authCheck,
-		Logger:            log,
-	}, o.tokens, o.cacheConfig(log))
+	var up *upstream.Upstream
+	if o.consul != "" {
+		up, err = upstream.OpenConsul(consulkv.Config{
+			Address:       o.consul,
+			Token:         o.consulToken,
+			TLS:           api.TLSConfig{CAFile: o.consulCA, CertFile: o.consulCert, KeyFile: o.consulKey},
+			MaxIdentities: o.maxIdentities,
+			Logger:        log,
+		}, o.cacheConfig(log))
+	} else {
+		up, err = upstream.OpenEtcd(etcdkv.Config{
+			Endpoints:         endpoints,
+			Username:          o.etcdUsername,
+			Password:          o.etcdPassword,
+			MaxIdentities:     o.maxIdentities,
+			AccessCheck:       o.accessCheck,
+			AuthCheckInterval: o.authCheck,
+			Logger:            log,
+		}, o.tokens, o.cacheConfig(log))
+	}
 	if err != nil {
 		return err
 	}
@@ -251,4 +286,15 @@ func (o agentOptions) cacheConfig(log *slog.Logger) upstream.CacheConfig {
 		MaxEntries:      o.maxEntries,
 		Logger:          log,
 	}
+}
+
+// countSet counts the true values.
+func countSet(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }

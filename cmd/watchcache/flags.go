@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -332,5 +333,33 @@ func (v maxDurationValue) Set(s string) error {
 		return fmt.Errorf("must be at most %v", v.max)
 	}
 	*v.p = d
+	return nil
+}
+
+// consulAddrValue is the URL of a Consul-protocol server: http or https,
+// a host and a port, nothing else.
+type consulAddrValue struct{ p *string }
+
+func (v consulAddrValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+func (v consulAddrValue) Set(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case s == "":
+		*v.p = ""
+		return nil
+	case strings.ContainsAny(s, " \t"):
+		return errors.New("contains a space")
+	case err != nil, u.Scheme != "http" && u.Scheme != "https", u.Host == "", u.Port() == "":
+		return errors.New("want http://host:port or https://host:port")
+	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil:
+		return errors.New("want http://host:port or https://host:port, without a path, a query or credentials")
+	}
+	*v.p = strings.TrimSuffix(s, "/")
 	return nil
 }

@@ -155,6 +155,8 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.handleWatch(w, r)
 	case p == "/v1/status":
 		a.handleStatus(w, r)
+	case p == "/v1/status/leader", p == "/v1/status/peers":
+		a.handleLeader(w, r)
 	case p == "/metrics":
 		a.metrics.ServeHTTP(w, r)
 	default:

@@ -57,12 +57,44 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(rep)
 }
 
+// handleLeader serves /v1/status/leader and /v1/status/peers as Consul
+// does, from the store's health: the leader's address as a JSON string
+// ("" when the store knows none), and the list of peers. A store that does
+// not answer is a 503 with the reason, so both serve as health checks.
+func (a *Agent) handleLeader(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		a.writeError(w, r, errMethod)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	h, err := a.store.Health(ctx)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	leader := ""
+	if h.Reachable && h.Leader {
+		leader = h.Endpoint
+	}
+	var body any = leader
+	if strings.HasSuffix(r.URL.Path, "/peers") {
+		peers := []string{}
+		if leader != "" {
+			peers = append(peers, leader)
+		}
+		body = peers
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(body)
+}
+
 // handleUnsupported answers every path the agent does not serve. Consul
 // endpoints (sessions, catalog, health, ...) get a 400 that says so rather
 // than a bare 404 that looks like a missing key.
 func (a *Agent) handleUnsupported(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/v1/") {
-		http.Error(w, "watchcache agent: "+r.URL.Path+" is not served; this agent serves /v1/kv/, /v1/watch/kv/, /v1/status and /metrics", http.StatusBadRequest)
+		http.Error(w, "watchcache agent: "+r.URL.Path+" is not served; this agent serves /v1/kv/, /v1/watch/kv/, /v1/status, /v1/status/leader, /v1/status/peers and /metrics", http.StatusBadRequest)
 		return
 	}
 	http.NotFound(w, r)

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/consulkv"
 	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/agent"
 	"github.com/watchcache/watchcache/kvstore"
@@ -70,4 +71,25 @@ func OpenEtcd(cfg etcdkv.Config, tokens map[string]etcdkv.TokenUser, cc CacheCon
 		return nil, err
 	}
 	return &Upstream{Store: etcdkv.NewStore(src, kinds, tokens), Cache: cache, Registry: reg, closeStore: src.Close}, nil
+}
+
+// OpenConsul builds the cache in front of a server that speaks Consul's
+// KV HTTP API (Consul, or another watchcache agent).
+func OpenConsul(cfg consulkv.Config, cc CacheConfig) (*Upstream, error) {
+	src, err := consulkv.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cache, reg, err := newCache(cc)
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	store, err := src.Register(cache)
+	if err != nil {
+		cache.Close()
+		src.Close()
+		return nil, err
+	}
+	return &Upstream{Store: store, Cache: cache, Registry: reg, closeStore: src.Close}, nil
 }

@@ -3,6 +3,7 @@ module github.com/watchcache/watchcache
 go 1.26.7
 
 require (
+	github.com/google/btree v1.1.3
 	github.com/hashicorp/consul/api v1.34.5
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3

@@ -4,8 +4,10 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/google/btree"
 	"github.com/watchcache/watchcache"
 )
 
@@ -29,11 +31,25 @@ const (
 
 // WriteLog remembers a store's recent writes. The zero value is ready to
 // use; its methods are safe for concurrent use.
+//
+// Reads ask Satisfied first. While the log remembers nothing, or the read's
+// index is at least that of every write it remembers, that is one atomic
+// load: the hot path of a read consults nothing that grows with the write
+// history. Otherwise the log looks up the read's key in a B-tree of the
+// latest write of each key, or scans the B-tree's range of the read's
+// prefix: O(log n + matches). Records older than writeLogWindow are pruned
+// by whichever read or write comes next, and once none is left the log
+// frees its memory and the fast path holds again.
 type WriteLog struct {
-	mu       sync.Mutex          // protects the fields below
-	keys     map[string]writeRec // latest single-key write of each key
-	order    []writeRec          // single-key writes, oldest first, for pruning
-	prefixes []writeRec          // prefix deletes, oldest first
+	// maxIndex is the highest index of a remembered write, 0 when none is
+	// remembered. It is written under mu and read without it.
+	maxIndex atomic.Uint64
+
+	mu       sync.Mutex              // protects the fields below
+	keys     *btree.BTreeG[writeRec] // latest single-key write of each key, by key
+	order    []writeRec              // single-key writes, oldest first, from head on
+	head     int                     // first live record of order
+	prefixes []writeRec              // prefix deletes, oldest first
 }
 
 type writeRec struct {
@@ -43,37 +59,68 @@ type writeRec struct {
 	at    time.Time
 }
 
+func byKey(a, b writeRec) bool { return a.key < b.key }
+
 // Record notes a write at index: of key, or of every key under it if
 // prefix (a delete); del says it deleted.
 func (l *WriteLog) Record(key string, prefix, del bool, index uint64) {
 	now := time.Now()
-	cutoff := now.Add(-writeLogWindow)
 	r := writeRec{key: key, index: index, del: del, at: now}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.pruneLocked(now)
 	if prefix {
 		l.prefixes = append(l.prefixes, r)
-		i := 0
-		for i < len(l.prefixes) && (len(l.prefixes)-i > writeLogMaxPrefix || l.prefixes[i].at.Before(cutoff)) {
-			i++
+		if len(l.prefixes) > writeLogMaxPrefix {
+			l.prefixes = l.prefixes[len(l.prefixes)-writeLogMaxPrefix:]
 		}
-		l.prefixes = l.prefixes[i:]
-		return
+	} else {
+		if l.keys == nil {
+			l.keys = btree.NewG(32, byKey)
+		}
+		if old, ok := l.keys.Get(r); !ok || old.index < index {
+			l.keys.ReplaceOrInsert(r)
+		}
+		l.order = append(l.order, r)
+		for len(l.order)-l.head > writeLogMax {
+			l.dropOldestLocked()
+		}
 	}
-	if l.keys == nil {
-		l.keys = make(map[string]writeRec)
+	if index > l.maxIndex.Load() {
+		l.maxIndex.Store(index)
 	}
-	if old, ok := l.keys[key]; !ok || old.index < index {
-		l.keys[key] = r
+}
+
+// dropOldestLocked forgets the oldest single-key write.
+func (l *WriteLog) dropOldestLocked() {
+	o := l.order[l.head]
+	l.order[l.head] = writeRec{}
+	l.head++
+	if cur, ok := l.keys.Get(o); ok && cur.index == o.index {
+		l.keys.Delete(o)
 	}
-	l.order = append(l.order, r)
+}
+
+// pruneLocked forgets the writes older than the window, and frees the
+// memory once none is left.
+func (l *WriteLog) pruneLocked(now time.Time) {
+	cutoff := now.Add(-writeLogWindow)
+	for l.head < len(l.order) && l.order[l.head].at.Before(cutoff) {
+		l.dropOldestLocked()
+	}
 	i := 0
-	for ; i < len(l.order) && (len(l.order)-i > writeLogMax || l.order[i].at.Before(cutoff)); i++ {
-		if o := l.order[i]; l.keys[o.key].index == o.index {
-			delete(l.keys, o.key)
-		}
+	for i < len(l.prefixes) && l.prefixes[i].at.Before(cutoff) {
+		i++
 	}
-	l.order = l.order[i:]
+	l.prefixes = l.prefixes[i:]
+	switch {
+	case l.head == len(l.order) && len(l.prefixes) == 0:
+		l.keys, l.order, l.head, l.prefixes = nil, nil, 0, nil
+		l.maxIndex.Store(0)
+	case l.head > len(l.order)/2 && l.head > 1024:
+		l.order = append([]writeRec(nil), l.order[l.head:]...)
+		l.head = 0
+	}
 }
 
 // Need is what an entry's result must reflect to include a store's writes
@@ -91,31 +138,47 @@ func (n Need) SatisfiedBy(index uint64, empty bool) bool {
 	return index >= n.Must && (index >= n.Cover || empty)
 }
 
+// Satisfied reports whether a result with index, empty or not, of one key
+// (isRange false) or of every key under key, reflects every write the log
+// remembers to that range. It is one atomic load when the log remembers
+// nothing newer than index.
+func (l *WriteLog) Satisfied(index uint64, empty bool, key string, isRange bool) bool {
+	if m := l.maxIndex.Load(); m == 0 || index >= m {
+		return true
+	}
+	return l.Pending(key, isRange).SatisfiedBy(index, empty)
+}
+
 // Pending returns what an entry of one key (isRange false) or of every key
 // under key (isRange true) must reflect.
 func (l *WriteLog) Pending(key string, isRange bool) Need {
-	cutoff := time.Now().Add(-writeLogWindow)
 	var n Need
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !isRange {
-		if r, ok := l.keys[key]; ok && r.at.After(cutoff) {
-			if r.del {
-				n.Cover = max(n.Cover, r.index)
-			} else {
-				n.Must = max(n.Must, r.index)
+	l.pruneLocked(time.Now())
+	if l.keys != nil {
+		if !isRange {
+			if r, ok := l.keys.Get(writeRec{key: key}); ok {
+				if r.del {
+					n.Cover = max(n.Cover, r.index)
+				} else {
+					n.Must = max(n.Must, r.index)
+				}
 			}
-		}
-	} else {
-		for k, r := range l.keys {
-			if r.at.After(cutoff) && strings.HasPrefix(k, key) {
+		} else {
+			visit := func(r writeRec) bool {
 				n.Must = max(n.Must, r.index) // a put, or a delete of a key that existed
+				return true
+			}
+			if end, ok := prefixEnd(key); ok {
+				l.keys.AscendRange(writeRec{key: key}, writeRec{key: end}, visit)
+			} else {
+				l.keys.AscendGreaterOrEqual(writeRec{key: key}, visit)
 			}
 		}
 	}
 	for _, r := range l.prefixes {
 		switch {
-		case !r.at.After(cutoff):
 		case strings.HasPrefix(key, r.key):
 			// The deleted prefix contains the entry's range.
 			n.Cover = max(n.Cover, r.index)
@@ -128,6 +191,19 @@ func (l *WriteLog) Pending(key string, isRange bool) Need {
 	return n
 }
 
+// prefixEnd returns the least key greater than every key that starts with
+// prefix; ok is false when there is none (the prefix is empty or all 0xff).
+func prefixEnd(prefix string) (string, bool) {
+	b := []byte(prefix)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1]), true
+		}
+	}
+	return "", false
+}
+
 // ReadYourWrites gets req from kind and makes sure the result reflects
 // every write in log to the range (key, or every key under it if
 // isRange): if it does not, it waits for the entry to catch up (a blocking
@@ -138,10 +214,10 @@ func ReadYourWrites[V any](ctx context.Context, log *WriteLog, kind *watchcache.
 	if err != nil {
 		return v, meta, err
 	}
-	need := log.Pending(key, isRange)
-	if need.SatisfiedBy(meta.Index, Empty(v)) {
+	if log.Satisfied(meta.Index, Empty(v), key, isRange) {
 		return v, meta, nil
 	}
+	need := log.Pending(key, isRange)
 	deadline := time.Now().Add(wait)
 	for {
 		left := time.Until(deadline)

@@ -1,7 +1,7 @@
 package kvstore
 
 import (
-	"slices"
+	"fmt"
 	"strconv"
 	"testing"
 )
@@ -67,15 +67,17 @@ func TestWriteLogPending(t *testing.T) {
 	}
 }
 
-// TestWriteLogBounded checks that the log forgets old writes and keeps at
-// most writeLogMax of them.
+// TestWriteLogBounded checks that the log keeps at most writeLogMax
+// writes, forgets those older than its window at the next read or write,
+// frees its memory once none is left, and that reads then take the fast
+// path again.
 func TestWriteLogBounded(t *testing.T) {
 	var l WriteLog
 	for i := range writeLogMax + 10 {
 		l.Record("/k/"+strconv.Itoa(i), false, false, uint64(i+1))
 	}
-	if len(l.keys) != writeLogMax || len(l.order) != writeLogMax {
-		t.Fatalf("%d keys, %d in order; want %d", len(l.keys), len(l.order), writeLogMax)
+	if n := len(l.order) - l.head; l.keys.Len() != writeLogMax || n != writeLogMax {
+		t.Fatalf("%d keys, %d in order; want %d", l.keys.Len(), n, writeLogMax)
 	}
 	if got := l.Pending("/k/0", false); got != (Need{}) {
 		t.Fatalf("the oldest write is still pending: %+v", got)
@@ -83,16 +85,65 @@ func TestWriteLogBounded(t *testing.T) {
 	if got := l.Pending("/k/"+strconv.Itoa(writeLogMax+9), false); got.Must != writeLogMax+10 {
 		t.Fatalf("the newest write is not pending: %+v", got)
 	}
-	// Writes older than the window are dropped at the next write.
-	for k, r := range l.keys {
-		r.at = r.at.Add(-2 * writeLogWindow)
-		l.keys[k] = r
+	if l.Satisfied(1, false, "/k/"+strconv.Itoa(writeLogMax+9), false) {
+		t.Fatal("a read older than a remembered write of its key is satisfied")
 	}
-	for i := range l.order {
+	// Writes older than the window are dropped by the next read, with no
+	// write needed.
+	for i := l.head; i < len(l.order); i++ {
 		l.order[i].at = l.order[i].at.Add(-2 * writeLogWindow)
 	}
-	l.Record("/fresh", false, false, 1<<40)
-	if len(l.keys) != 1 || !slices.ContainsFunc(l.order, func(r writeRec) bool { return r.key == "/fresh" }) {
-		t.Fatalf("after the window: %d keys, %d in order; want only /fresh", len(l.keys), len(l.order))
+	if !l.Satisfied(1, false, "/k/"+strconv.Itoa(writeLogMax+9), false) {
+		t.Fatal("a write older than the window is still pending")
 	}
+	if l.keys != nil || l.order != nil || l.maxIndex.Load() != 0 {
+		t.Fatalf("after the window the log still holds %v keys, %d records, max index %d", l.keys, len(l.order), l.maxIndex.Load())
+	}
+}
+
+// Reads of a prefix find the writes under it among many others by a range
+// of the B-tree, and the empty prefix sees every write.
+func TestWriteLogPrefixRange(t *testing.T) {
+	var l WriteLog
+	for i := range 1000 {
+		l.Record(fmt.Sprintf("/w/%04d", i), false, false, uint64(i+1))
+	}
+	l.Record("/p/a", false, false, 2000)
+	l.Record("/q", false, false, 2001)
+	for _, tc := range []struct {
+		prefix string
+		want   uint64
+	}{{"/p/", 2000}, {"/w/00", 100}, {"/x/", 0}, {"", 2001}, {"/\xff", 0}} {
+		if got := l.Pending(tc.prefix, true); got.Must != tc.want {
+			t.Errorf("Pending(%q, prefix) = %+v, want Must %d", tc.prefix, got, tc.want)
+		}
+	}
+}
+
+// BenchmarkWriteLogRead measures the read-side check of a prefix read
+// while nothing is pending (the fast path) and after 65,536 writes to
+// other keys (a B-tree range with no match).
+func BenchmarkWriteLogRead(b *testing.B) {
+	b.Run("nothing-pending", func(b *testing.B) {
+		var l WriteLog
+		l.Record("/w/0", false, false, 5)
+		b.ReportAllocs()
+		for b.Loop() {
+			if !l.Satisfied(10, false, "/p/", true) {
+				b.Fatal("not satisfied")
+			}
+		}
+	})
+	b.Run("after-writes=65536", func(b *testing.B) {
+		var l WriteLog
+		for i := range 65536 {
+			l.Record(fmt.Sprintf("/w/%06d", i), false, false, uint64(i+100))
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if !l.Satisfied(10, false, "/p/", true) {
+				b.Fatal("not satisfied")
+			}
+		}
+	})
 }

@@ -37,9 +37,9 @@ var readKey = read[kvstore.Key]{
 	get: func(cli *api.Client, key, _ string, q *api.QueryOptions) (kvstore.Key, *api.QueryMeta, error) {
 		p, meta, err := cli.KV().Get(path(key), q)
 		if err != nil || p == nil {
-			return kvstore.Key{Entry: kvstore.Entry{Key: key}}, meta, err
+			return kvstore.NewKey(kvstore.Entry{Key: key}, false), meta, err
 		}
-		return kvstore.Key{Entry: entryOf(p), Exists: true}, meta, nil
+		return kvstore.NewKey(entryOf(p), true), meta, nil
 	},
 }
 
@@ -57,7 +57,7 @@ var readPrefix = read[kvstore.Prefix]{
 		for i, p := range pairs {
 			entries[i] = entryOf(p)
 		}
-		return kvstore.Prefix{Entries: entries}, meta, nil
+		return kvstore.NewPrefix(entries), meta, nil
 	},
 	isRange: true,
 }
@@ -66,7 +66,7 @@ var readKeys = read[kvstore.KeyList]{
 	parse: kvstore.ParseKeys,
 	get: func(cli *api.Client, prefix, sep string, q *api.QueryOptions) (kvstore.KeyList, *api.QueryMeta, error) {
 		keys, meta, err := cli.KV().Keys(path(prefix), sep, q)
-		return kvstore.KeyList{Keys: keys}, meta, err
+		return kvstore.NewKeyList(keys), meta, err
 	},
 	isRange: true,
 }

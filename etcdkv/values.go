@@ -84,13 +84,13 @@ func applyEvents(cur []Entry, evs []*clientv3.Event, keysOnly bool) []Entry {
 // into the value of its kind.
 func deriveKey(sp spec, kvs []Entry) Key {
 	if len(kvs) == 0 {
-		return Key{Entry: Entry{Key: sp.key}}
+		return kvstore.NewKey(Entry{Key: sp.key}, false)
 	}
-	return Key{Entry: kvs[0], Exists: true}
+	return kvstore.NewKey(kvs[0], true)
 }
 
-func derivePrefix(_ spec, kvs []Entry) Prefix { return Prefix{Entries: kvs} }
+func derivePrefix(_ spec, kvs []Entry) Prefix { return kvstore.NewPrefix(kvs) }
 
 func deriveKeys(sp spec, kvs []Entry) KeyList {
-	return KeyList{Keys: kvstore.KeyNames(sp.key, sp.sep, kvs)}
+	return kvstore.NewKeyList(kvstore.KeyNames(sp.key, sp.sep, kvs))
 }

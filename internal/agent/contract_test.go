@@ -14,8 +14,10 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	"unsafe"
 
 	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/kvstore"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/consul/api/watch"
@@ -500,4 +502,21 @@ func TestStatusAndMetrics(t *testing.T) {
 			t.Fatalf("status with the store down = %+v", st.Upstream)
 		}
 	})
+}
+
+// The JSON of one published value is rendered once and shared: every GET
+// and every event stream sends the same bytes.
+func TestRenderedOncePerValue(t *testing.T) {
+	v := kvstore.NewPrefix([]kvstore.Entry{{Key: "a", Value: []byte("1"), CreateIndex: 2, ModifyIndex: 2}})
+	first, second := renderPrefix(v), renderPrefix(v)
+	if string(first.body) != `[{"LockIndex":0,"Key":"a","Flags":0,"Value":"MQ==","CreateIndex":2,"ModifyIndex":2}]` {
+		t.Fatalf("rendering = %s", first.body)
+	}
+	if unsafe.SliceData(first.body) != unsafe.SliceData(second.body) {
+		t.Fatal("two readers of one value got two renderings")
+	}
+	k := kvstore.NewKey(kvstore.Entry{Key: "k", Value: []byte("v")}, true)
+	if a, b := renderKey(false)(k), renderKey(false)(k); unsafe.SliceData(a.body) != unsafe.SliceData(b.body) {
+		t.Fatal("two readers of one key got two renderings")
+	}
 }

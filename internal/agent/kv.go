@@ -105,6 +105,10 @@ type view struct {
 	contentType string
 }
 
+// The JSON renderings are done once per value the store published, and
+// shared by every reader and event stream that sends it (kvstore.Memo).
+type renderJSON struct{}
+
 func renderKey(raw bool) func(kvstore.Key) view {
 	return func(k kvstore.Key) view {
 		if !k.Exists {
@@ -113,7 +117,7 @@ func renderKey(raw bool) func(kvstore.Key) view {
 		if raw {
 			return view{found: true, body: k.Entry.Value, contentType: "application/octet-stream"}
 		}
-		return jsonView([]kvPair{pairOf(k.Entry)})
+		return k.Memo().Do(renderJSON{}, func() any { return jsonView([]kvPair{pairOf(k.Entry)}) }).(view)
 	}
 }
 
@@ -121,18 +125,20 @@ func renderPrefix(p kvstore.Prefix) view {
 	if len(p.Entries) == 0 {
 		return view{}
 	}
-	pairs := make([]kvPair, len(p.Entries))
-	for i, e := range p.Entries {
-		pairs[i] = pairOf(e)
-	}
-	return jsonView(pairs)
+	return p.Memo().Do(renderJSON{}, func() any {
+		pairs := make([]kvPair, len(p.Entries))
+		for i, e := range p.Entries {
+			pairs[i] = pairOf(e)
+		}
+		return jsonView(pairs)
+	}).(view)
 }
 
 func renderKeys(kl kvstore.KeyList) view {
 	if len(kl.Keys) == 0 {
 		return view{}
 	}
-	return jsonView(kl.Keys)
+	return kl.Memo().Do(renderJSON{}, func() any { return jsonView(kl.Keys) }).(view)
 }
 
 func jsonView(v any) view {

@@ -151,9 +151,9 @@ func readKey(s *Store, k string) (kvstore.Key, string, bool, error) {
 	}
 	e, ok := s.keys[key]
 	if !ok {
-		return kvstore.Key{Entry: kvstore.Entry{Key: key}}, key, false, nil
+		return kvstore.NewKey(kvstore.Entry{Key: key}, false), key, false, nil
 	}
-	return kvstore.Key{Entry: e, Exists: true}, key, false, nil
+	return kvstore.NewKey(e, true), key, false, nil
 }
 
 func (s *Store) entriesLocked(prefix string) []kvstore.Entry {
@@ -172,7 +172,7 @@ func readPrefix(s *Store, k string) (kvstore.Prefix, string, bool, error) {
 	if err != nil {
 		return kvstore.Prefix{}, "", false, err
 	}
-	return kvstore.Prefix{Entries: s.entriesLocked(prefix)}, prefix, true, nil
+	return kvstore.NewPrefix(s.entriesLocked(prefix)), prefix, true, nil
 }
 
 func readKeys(s *Store, k string) (kvstore.KeyList, string, bool, error) {
@@ -180,7 +180,7 @@ func readKeys(s *Store, k string) (kvstore.KeyList, string, bool, error) {
 	if err != nil {
 		return kvstore.KeyList{}, "", false, err
 	}
-	return kvstore.KeyList{Keys: kvstore.KeyNames(prefix, sep, s.entriesLocked(prefix))}, prefix, true, nil
+	return kvstore.NewKeyList(kvstore.KeyNames(prefix, sep, s.entriesLocked(prefix))), prefix, true, nil
 }
 
 // rangeIndexLocked is the index of the last change of a range: its

@@ -163,11 +163,12 @@ type accessChecker struct {
 	running bool // a goroutine is running batches
 }
 
-// accessReq is one range to check. err is written before done is closed
-// and read only after.
+// accessReq is one range to check. rev and err are written before done is
+// closed and read only after.
 type accessReq struct {
 	sp   spec
 	done chan struct{}
+	rev  int64 // the store's revision when the check ran
 	err  error
 }
 
@@ -178,8 +179,10 @@ const maxCheckOps = 64
 // checkAccess confirms that id may read sp now: nil, or an error wrapping
 // ErrPermissionDenied or ErrAuthFailed when it may not, or another error
 // when etcd could not tell. The check starts after the call: whatever the
-// caller saw before is covered. It returns the epoch the check began in.
-func (s *Source) checkAccess(ctx context.Context, id *identity, sp spec) (uint64, error) {
+// caller saw before is covered. It returns the epoch the check began in and
+// the store's revision when it ran, which every write completed before the
+// call is at or below (the check is a linearizable read).
+func (s *Source) checkAccess(ctx context.Context, id *identity, sp spec) (uint64, int64, error) {
 	epoch := s.auth.epoch.Load()
 	r := &accessReq{sp: sp, done: make(chan struct{})}
 	c := &id.access
@@ -189,16 +192,16 @@ func (s *Source) checkAccess(ctx context.Context, id *identity, sp spec) (uint64
 		if !s.goBackground(func() { s.runChecks(id) }) {
 			c.pending = c.pending[:len(c.pending)-1]
 			c.mu.Unlock()
-			return epoch, ErrClosed
+			return epoch, 0, ErrClosed
 		}
 		c.running = true
 	}
 	c.mu.Unlock()
 	select {
 	case <-r.done:
-		return epoch, r.err
+		return epoch, r.rev, r.err
 	case <-ctx.Done():
-		return epoch, ctx.Err()
+		return epoch, 0, ctx.Err()
 	}
 }
 
@@ -226,31 +229,43 @@ func (s *Source) runChecks(id *identity) {
 }
 
 // checkBatch checks the ranges of reqs with one read-only transaction. If
-// etcd denies it, some range is denied: each is checked on its own to tell
-// which.
+// etcd denies it, some range is denied: each request is checked on its own
+// to tell which.
 func (s *Source) checkBatch(id *identity, reqs []*accessReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 	defer cancel()
-	ops := make([]clientv3.Op, len(reqs))
-	for i, r := range reqs {
-		ops[i] = r.sp.checkOp()
+	// One operation per distinct range: concurrent consistent reads of a
+	// hot key share it.
+	ops := make([]clientv3.Op, 0, len(reqs))
+	seen := make(map[spec]bool, len(reqs))
+	for _, r := range reqs {
+		if !seen[r.sp] {
+			seen[r.sp] = true
+			ops = append(ops, r.sp.checkOp())
+		}
 	}
 	s.auth.checks.Add(1)
-	_, err := s.conn.Txn(id.ctx(ctx)).Then(ops...).Commit()
+	resp, err := s.conn.Txn(id.ctx(ctx)).Then(ops...).Commit()
 	if err != nil && len(reqs) > 1 && errors.Is(accessClass(err), ErrPermissionDenied) {
 		for _, r := range reqs {
 			s.auth.checks.Add(1)
-			_, err := s.conn.Txn(id.ctx(ctx)).Then(r.sp.checkOp()).Commit()
+			resp, err := s.conn.Txn(id.ctx(ctx)).Then(r.sp.checkOp()).Commit()
+			if err == nil {
+				r.rev = resp.Header.Revision
+			}
 			r.err = s.failed(id, wrapErr("confirming access to "+r.sp.describe(), err))
 			close(r.done)
 		}
 		return
 	}
+	var rev int64
 	if err != nil {
 		err = s.failed(id, wrapErr("confirming access", err))
+	} else {
+		rev = resp.Header.Revision
 	}
 	for _, r := range reqs {
-		r.err = err
+		r.rev, r.err = rev, err
 		close(r.done)
 	}
 }

@@ -8,16 +8,19 @@ import (
 	"github.com/watchcache/watchcache"
 )
 
-// ReadKey reads req's key from etcd directly with the request's identity,
-// bypassing the cache: a linearizable read, for callers that must see the
+// ReadKey is a consistent read of req's key, for callers that must see the
 // store's current state (Consul's ?consistent, Cache-Control:
-// must-revalidate). The index follows the kind's rules.
+// must-revalidate): it reflects every write completed before it began. It
+// is served from the cache once the entry is confirmed to have caught up
+// with the store's revision, which one linearizable request shared by
+// every consistent read of the identity in flight tells, and from etcd
+// directly otherwise (consistent.go). The index follows the kind's rules.
 func (k *Kinds) ReadKey(ctx context.Context, req watchcache.Request) (Key, watchcache.ResultMeta, error) {
 	sp, err := parseKeyKey(req.Key)
 	if err != nil {
 		return Key{}, watchcache.ResultMeta{}, err
 	}
-	return readValue(ctx, k.s, sp, req.Partition, deriveKey)
+	return consistentRead(ctx, k.s, k.Key, sp, deriveKey, req)
 }
 
 // ReadPrefix is ReadKey for a prefix request.
@@ -26,7 +29,7 @@ func (k *Kinds) ReadPrefix(ctx context.Context, req watchcache.Request) (Prefix,
 	if err != nil {
 		return Prefix{}, watchcache.ResultMeta{}, err
 	}
-	return readValue(ctx, k.s, sp, req.Partition, derivePrefix)
+	return consistentRead(ctx, k.s, k.Prefix, sp, derivePrefix, req)
 }
 
 // ReadKeys is ReadKey for a keys request.
@@ -35,7 +38,7 @@ func (k *Kinds) ReadKeys(ctx context.Context, req watchcache.Request) (KeyList, 
 	if err != nil {
 		return KeyList{}, watchcache.ResultMeta{}, err
 	}
-	return readValue(ctx, k.s, sp, req.Partition, deriveKeys)
+	return consistentRead(ctx, k.s, k.Keys, sp, deriveKeys, req)
 }
 
 // Health reports whether etcd answers: it asks each endpoint for its

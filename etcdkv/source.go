@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/watchcache/watchcache/kvstore"
@@ -96,6 +97,11 @@ type Config struct {
 	// from etcd directly; 0 means DefaultReadYourWritesWait.
 	ReadYourWritesWait time.Duration
 
+	// ConsistentWait bounds how long a consistent read (the Kinds' Read
+	// methods) waits for its entry to catch up with the store's revision
+	// before it reads etcd directly; 0 means DefaultConsistentWait.
+	ConsistentWait time.Duration
+
 	// MaxIdentities bounds the identities (users logged in with Login)
 	// the source holds: beyond it the least recently used one is dropped,
 	// and its Partition needs a Login again (cache entries that use it keep
@@ -145,6 +151,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		{"ResetCheckInterval", &cfg.ResetCheckInterval, DefaultResetCheckInterval},
 		{"ReadYourWritesWait", &cfg.ReadYourWritesWait, DefaultReadYourWritesWait},
 		{"AuthCheckInterval", &cfg.AuthCheckInterval, DefaultAuthCheckInterval},
+		{"ConsistentWait", &cfg.ConsistentWait, DefaultConsistentWait},
 	} {
 		switch {
 		case *d.v < 0:
@@ -188,6 +195,11 @@ type Source struct {
 	log    *slog.Logger
 	secret []byte // keys the password hashes of the identity pool
 	writes kvstore.WriteLog
+	views  sync.Map // viewKey -> *stateView of each entry (consistent.go)
+
+	// consistentCached and consistentDirect count consistent reads served
+	// from the cache and from etcd, for tests and benchmarks.
+	consistentCached, consistentDirect atomic.Int64
 
 	// testHookBeforeWatch, if set (by tests only), runs before an entry's
 	// watch is created from revision rev, after the read it follows.

@@ -9,6 +9,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/kvstore"
@@ -46,6 +47,9 @@ type watchState[V any] struct {
 	nextCheck time.Time // next revision probe while waiting
 	failed    bool      // the last fetch failed: the next success is reported at once (recovery)
 	failedAt  time.Time // when it failed: only a probe started later tells of a recovery
+
+	p    watchcache.Partition // whose entry it is
+	view *stateView           // what consistent reads see of it (consistent.go)
 
 	// unconfirmed is set while value holds changes from the watch that
 	// the identity's access was not confirmed for (access.go); epoch is
@@ -95,11 +99,18 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 	if err != nil {
 		return nil, err
 	}
-	st := &watchState[V]{s: s, sp: sp, id: id, derive: derive}
+	st := &watchState[V]{s: s, sp: sp, id: id, derive: derive, p: p}
 	if prev != nil {
 		st.kvs, st.value, st.index, st.rev = prev.kvs, prev.value, prev.index, prev.rev
-		st.epoch = prev.epoch
+		st.epoch, st.view = prev.epoch, prev.view
 	}
+	if st.view == nil {
+		v, _ := s.views.LoadOrStore(viewKey{p, sp}, newStateView())
+		st.view = v.(*stateView)
+	}
+	st.view.mu.Lock()
+	st.view.owner = st
+	st.view.mu.Unlock()
 	if err := st.resync(ctx, false); err != nil {
 		st.Close()
 		return nil, err
@@ -116,6 +127,13 @@ func (st *watchState[V]) Close() error {
 	st.closeOnce.Do(func() {
 		st.stopWatch()
 		st.s.release(st.id)
+		v := st.view
+		v.mu.Lock()
+		last := v.owner == st // no newer state took the view over
+		v.mu.Unlock()
+		if last {
+			st.s.views.CompareAndDelete(viewKey{st.p, st.sp}, v)
+		}
 	})
 	return nil
 }
@@ -132,6 +150,7 @@ func (st *watchState[V]) observe(rev int64) {
 	if rev > st.rev {
 		st.rev, st.revAt = rev, time.Now()
 	}
+	st.view.set(st.rev, st.index)
 }
 
 // freshIndex is the index of a range read at revision rev: the
@@ -170,6 +189,7 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 			"range", st.sp.describe(), "seen", st.rev, "now", rev)
 	case kvstore.SameEntries(kvs, st.kvs):
 		st.rev, st.revAt = rev, time.Now()
+		st.view.set(st.rev, st.index)
 		st.confirmed(epoch)
 		return st.startWatch(ctx, rev+1)
 	}
@@ -177,6 +197,7 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 	st.value = st.derive(st.sp, kvs)
 	st.index = freshIndex(st.sp, kvs, rev)
 	st.rev, st.revAt = rev, time.Now()
+	st.view.set(st.rev, st.index)
 	st.confirmed(epoch)
 	return st.startWatch(ctx, rev+1)
 }
@@ -191,7 +212,7 @@ func (st *watchState[V]) confirmed(epoch uint64) {
 // access.go). When it is gone the watch stops: nothing more streams for an
 // identity that may not read it.
 func (st *watchState[V]) confirm(ctx context.Context) error {
-	epoch, err := st.s.checkAccess(ctx, st.id, st.sp)
+	epoch, _, err := st.s.checkAccess(ctx, st.id, st.sp)
 	if err != nil {
 		if accessClass(err) != nil {
 			st.stopWatch()
@@ -225,7 +246,12 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 	if st.sp.isRange() {
 		opts = append(opts, clientv3.WithRange(st.sp.end()))
 	}
-	wch := st.s.conn.Watch(st.id.ctx(wctx), st.sp.start(), opts...)
+	wctx = st.id.ctx(wctx)
+	md, _ := metadata.FromOutgoingContext(wctx)
+	st.view.mu.Lock()
+	st.view.md = md
+	st.view.mu.Unlock()
+	wch := st.s.conn.Watch(wctx, st.sp.start(), opts...)
 	established := stop()
 	rcancel()
 	if !established {
@@ -368,16 +394,18 @@ func (st *watchState[V]) take(wr clientv3.WatchResponse, ok bool) (changed bool,
 		}
 		return false, nil
 	}
-	st.observe(wr.Header.GetRevision())
 	if len(wr.Events) == 0 {
-		return false, nil // progress notification
+		st.observe(wr.Header.GetRevision()) // progress notification
+		return false, nil
 	}
+	// The events first, then the revision they bring the state to: a
+	// consistent read that sees the revision must see them.
 	st.kvs = applyEvents(st.kvs, wr.Events, st.sp.keysOnly())
 	st.value = st.derive(st.sp, st.kvs)
 	st.unconfirmed = true
 	last := wr.Events[len(wr.Events)-1].Kv.ModRevision
 	st.index = uint64(last)
-	st.observe(last)
+	st.observe(max(last, wr.Header.GetRevision()))
 	return true, nil
 }
 

@@ -1,0 +1,159 @@
+package etcdkv
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	"github.com/watchcache/watchcache"
+)
+
+// Consistent reads from the cache.
+//
+// A consistent read (Consul's ?consistent, Cache-Control: no-cache) must
+// reflect every write that completed before it began. Reading etcd for
+// each costs a linearizable read per request; instead, as Kubernetes'
+// watch cache does, the source learns the store's current revision R with
+// one linearizable request shared by every consistent read of an identity
+// in flight (the batched access check of access.go, whose response carries
+// the revision, and which confirms access too), waits until the entry's
+// watch has delivered everything up to R (an idle watch is asked for a
+// progress notification, which reports its revision), and answers from the
+// cache. An entry that cannot catch up within ConsistentWait (its watch
+// is down, the entry is failing) is read through from etcd instead.
+
+// stateView is what consistent reads see of an entry's state: written by
+// the entry's fetches, read by anyone. One view serves an entry across the
+// states that replace one another (a re-read makes a new state).
+type stateView struct {
+	rev   atomic.Int64  // highest store revision the state's value reflects
+	index atomic.Uint64 // index of the state's value
+
+	mu    sync.Mutex    // protects the fields below
+	moved chan struct{} // closed and replaced when rev or index moves
+	md    metadata.MD   // outgoing metadata of the watch's stream
+	owner any           // the state that writes the view now
+
+	progressing atomic.Bool // a progress request is out
+}
+
+func newStateView() *stateView { return &stateView{moved: make(chan struct{})} }
+
+// set records the state's revision and index and wakes waiting readers.
+func (v *stateView) set(rev int64, index uint64) {
+	if v.rev.Load() == rev && v.index.Load() == index {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	// The index first: a reader that loads rev and then index, and finds
+	// rev new enough, then finds the index that goes with it.
+	v.index.Store(index)
+	v.rev.Store(rev)
+	v.progressing.Store(false)
+	close(v.moved)
+	v.moved = make(chan struct{})
+}
+
+func (v *stateView) changed() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.moved
+}
+
+// viewKey identifies an entry of one kind: its partition and range.
+type viewKey struct {
+	p  watchcache.Partition
+	sp spec
+}
+
+// DefaultConsistentWait bounds how long a consistent read waits for its
+// entry to catch up before it reads etcd directly.
+const DefaultConsistentWait = time.Second
+
+// requestProgress asks etcd, on the stream of v's watch, for a progress
+// notification: etcd answers every watch of the stream with its current
+// revision once they are synced. Readers waiting on one view share one
+// request until the view moves.
+func (s *Source) requestProgress(ctx context.Context, v *stateView) {
+	if !v.progressing.CompareAndSwap(false, true) {
+		return
+	}
+	v.mu.Lock()
+	md := v.md
+	v.mu.Unlock()
+	if md == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	if err := s.conn.RequestProgress(metadata.NewOutgoingContext(ctx, md)); err != nil {
+		v.progressing.Store(false)
+		s.log.Debug("etcdkv: asking a watch for its progress", "error", err)
+	}
+}
+
+// consistentRead serves a consistent read of sp for req from the cache
+// once the entry has caught up with the store's current revision, and
+// from etcd directly otherwise.
+func consistentRead[V any](ctx context.Context, s *Source, kind *watchcache.Kind[V], sp spec, derive func(spec, []Entry) V, req watchcache.Request) (V, watchcache.ResultMeta, error) {
+	var zero V
+	id, err := s.acquire(req.Partition)
+	if err != nil {
+		return zero, watchcache.ResultMeta{}, err
+	}
+	_, rev, err := s.checkAccess(ctx, id, sp)
+	s.release(id)
+	if err != nil {
+		return zero, watchcache.ResultMeta{}, err
+	}
+	v, meta, err := kind.Get(ctx, req)
+	if err != nil {
+		return zero, watchcache.ResultMeta{}, err
+	}
+	deadline := time.NewTimer(s.cfg.ConsistentWait)
+	defer deadline.Stop()
+	for {
+		view, _ := s.views.Load(viewKey{req.Partition, sp})
+		sv, _ := view.(*stateView)
+		if sv == nil {
+			break
+		}
+		moved := sv.changed()
+		seen := sv.rev.Load() // before the index: see set
+		switch {
+		case seen >= rev && sv.index.Load() == meta.Index:
+			meta.Hit = false // it took a round trip to etcd
+			s.consistentCached.Add(1)
+			return v, meta, nil
+		case seen >= rev:
+			// The entry saw a change that it has not published yet.
+			r := req
+			r.MinIndex, r.Timeout = meta.Index, s.cfg.ConsistentWait
+			if v, meta, err = kind.Get(ctx, r); err != nil {
+				return zero, watchcache.ResultMeta{}, err
+			}
+			continue
+		default:
+			s.requestProgress(ctx, sv)
+		}
+		select {
+		case <-moved:
+			v, meta, err = kind.Get(ctx, req)
+			if err != nil {
+				return zero, watchcache.ResultMeta{}, err
+			}
+			continue
+		case <-deadline.C:
+		case <-ctx.Done():
+			return zero, watchcache.ResultMeta{}, ctx.Err()
+		}
+		break
+	}
+	s.log.Debug("etcdkv: entry did not catch up with the store for a consistent read; reading from etcd", "range", sp.describe())
+	s.consistentDirect.Add(1)
+	return readValue(ctx, s, sp, req.Partition, derive)
+}

@@ -1,0 +1,84 @@
+package etcdkv
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/internal/etcdtest"
+)
+
+// On a 3-member cluster, writes made through another member race
+// consistent reads: a consistent read never returns a value older than a
+// write that was acknowledged before the read began, though it is served
+// from the cache once the entry has caught up. The reads go to one member,
+// the writes to another.
+func TestConsistentReadsSeeAcknowledgedWrites(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t, etcdtest.WithMembers(3))
+	writer := c.Client(t, etcdtest.WithEndpoints(c.Endpoint(2)))
+	ctx := testCtx(t)
+	put(t, writer, "/c/k", "0")
+	put(t, writer, "/c/p/x", "0")
+	f := newFixture(t, testConfig(c, 1), watchcache.Options{}) // the source talks to member 0
+
+	const writes = 300
+	var acked atomic.Int64 // the last value etcd acknowledged
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 1; i <= writes; i++ {
+			if _, err := writer.Put(ctx, "/c/k", strconv.Itoa(i)); err != nil {
+				t.Error(err)
+				return
+			}
+			if _, err := writer.Put(ctx, "/c/p/x", strconv.Itoa(i)); err != nil {
+				t.Error(err)
+				return
+			}
+			acked.Store(int64(i))
+		}
+	})
+	var reads atomic.Int64
+	for r := range 4 {
+		wg.Go(func() {
+			for acked.Load() < writes {
+				before := acked.Load()
+				var got string
+				if r%2 == 0 {
+					v, _, err := f.kinds.ReadKey(ctx, KeyRequest("/c/k", self))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					got = string(v.Entry.Value)
+				} else {
+					v, _, err := f.kinds.ReadPrefix(ctx, PrefixRequest("/c/p/", self))
+					if err != nil || len(v.Entries) != 1 {
+						t.Errorf("ReadPrefix = %+v, %v", v, err)
+						return
+					}
+					got = string(v.Entries[0].Value)
+				}
+				n, _ := strconv.Atoi(got)
+				if int64(n) < before {
+					t.Errorf("a consistent read began after write %d was acknowledged and returned %s", before, got)
+					return
+				}
+				reads.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	// The reads were served by the cache, not by etcd one by one: the
+	// entries exist and follow the writes.
+	if _, meta, err := f.kinds.Key.Get(ctx, KeyRequest("/c/k", self)); err != nil || meta.Index == 0 {
+		t.Fatalf("the entry behind the consistent reads: %v", err)
+	}
+	cached, direct := f.src.consistentCached.Load(), f.src.consistentDirect.Load()
+	t.Logf("%d consistent reads raced %d writes: %d served from the cache, %d from etcd", reads.Load(), writes, cached, direct)
+	if direct > cached/10 {
+		t.Fatalf("%d of %d consistent reads went to etcd: the cache should serve them", direct, cached+direct)
+	}
+}

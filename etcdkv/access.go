@@ -134,6 +134,21 @@ func (s *Source) watchAuth() {
 	}
 }
 
+// authEnabled reports whether etcd's authentication is on: from the last
+// poll if it is fresh, by asking etcd otherwise.
+func (s *Source) authEnabled(ctx context.Context) (bool, error) {
+	if s.auth.fresh(2 * s.cfg.AuthCheckInterval) {
+		return !s.auth.off.Load(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := s.conn.AuthStatus(ctx)
+	if err != nil {
+		return false, wrapErr("asking etcd whether its authentication is on", err)
+	}
+	return resp.Enabled, nil
+}
+
 // needsCheck reports whether an entry last confirmed in epoch verified
 // must confirm again before it delivers its value; change says the value
 // holds changes from a watch that were never confirmed.

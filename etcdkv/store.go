@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/kvstore"
@@ -15,6 +16,8 @@ type Store struct {
 	src    *Source
 	kinds  *Kinds
 	tokens map[string]TokenUser
+
+	ignoredToken sync.Once // logs the first token ignored
 }
 
 var _ kvstore.Store = (*Store)(nil)
@@ -115,7 +118,9 @@ func (aclNotFound) Is(target error) bool { return target == kvstore.ErrAuthFaile
 
 // Identify implements kvstore.Store: basic auth names an etcd user and
 // password (Login); a token is mapped to one by the tokens the Store was
-// made with.
+// made with. As Consul without ACLs does, a Store with no tokens ignores
+// tokens while etcd's authentication is off (clients with
+// CONSUL_HTTP_TOKEN set keep working); it logs the first one it ignores.
 func (s *Store) Identify(ctx context.Context, c kvstore.Credentials) (watchcache.Partition, error) {
 	switch {
 	case c.User != "" && c.Token != "":
@@ -124,10 +129,22 @@ func (s *Store) Identify(ctx context.Context, c kvstore.Credentials) (watchcache
 		return s.src.Login(ctx, c.User, c.Password)
 	case c.Token != "":
 		u, ok := s.tokens[c.Token]
-		if !ok {
-			return watchcache.Partition{}, errNoToken
+		switch {
+		case ok:
+			return s.src.Login(ctx, u.User, u.Password)
+		case len(s.tokens) == 0:
+			on, err := s.src.authEnabled(ctx)
+			if err != nil {
+				return watchcache.Partition{}, err
+			}
+			if !on {
+				s.ignoredToken.Do(func() {
+					s.src.log.Warn("etcdkv: a request carried a token, but no tokens are configured and etcd's authentication is off: tokens are ignored, as Consul without ACLs ignores them")
+				})
+				return watchcache.Partition{}, nil
+			}
 		}
-		return s.src.Login(ctx, u.User, u.Password)
+		return watchcache.Partition{}, errNoToken
 	}
 	return watchcache.Partition{}, nil
 }

@@ -110,34 +110,37 @@ func (s *Source) DeletePrefix(ctx context.Context, p watchcache.Partition, prefi
 }
 
 // DeleteCAS deletes key if its ModRevision is modRev, as Consul's DELETE
-// ?cas=: modRev 0 never deletes (ok is false, rev 0). ok reports whether
-// it deleted; rev is the revision of the delete, or the store's current
-// revision when it did not.
+// ?cas=: ok reports whether it deleted the key, or found it missing (as
+// Consul, a delete of a missing key succeeds, whatever modRev); modRev 0
+// deletes nothing that exists. rev is the revision of the delete, or the
+// store's current revision when it did not delete.
 func (s *Source) DeleteCAS(ctx context.Context, p watchcache.Partition, key string, modRev int64) (ok bool, rev int64, err error) {
 	switch {
 	case key == "":
 		return false, 0, invalidf("delete-cas: empty key")
 	case modRev < 0:
 		return false, 0, invalidf("delete-cas %q: negative revision %d", key, modRev)
-	case modRev == 0:
-		return false, 0, nil
 	}
 	id, err := s.acquire(p)
 	if err != nil {
 		return false, 0, err
 	}
 	defer s.release(id)
+	// A missing key has ModRevision 0 in comparisons.
 	resp, err := s.conn.Txn(id.ctx(ctx)).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
 		Then(clientv3.OpDelete(key)).
+		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
 		return false, 0, s.failed(id, wrapErr("delete-cas "+strconv.Quote(key), err))
 	}
 	rev = resp.Header.Revision
-	if resp.Succeeded {
-		// ModRevision matched a non-zero revision, so the key existed.
+	if !resp.Succeeded {
+		return resp.Responses[0].GetResponseRange().GetCount() == 0, rev, nil
+	}
+	if resp.Responses[0].GetResponseDeleteRange().GetDeleted() > 0 {
 		s.writes.Record(key, false, true, uint64(rev))
 	}
-	return resp.Succeeded, rev, nil
+	return true, rev, nil
 }

@@ -66,8 +66,11 @@ func TestReadYourWrites(t *testing.T) {
 		t.Fatalf("Delete then GetKey: %+v, %v; want missing", v, err)
 	}
 	cur, _, _ = f.kinds.GetKey(ctx, KeyRequest("/y/k", self))
+	if ok, _, err := f.src.DeleteCAS(ctx, self, "/y/missing", 42); !ok || err != nil {
+		t.Fatalf("DeleteCAS of a missing key: ok %v, err %v; want true (as Consul)", ok, err)
+	}
 	if ok, _, err := f.src.DeleteCAS(ctx, self, "/y/k", 0); ok || err != nil {
-		t.Fatalf("DeleteCAS 0: ok %v, err %v; want false (as Consul)", ok, err)
+		t.Fatalf("DeleteCAS 0 of a key that exists: ok %v, err %v; want false (as Consul)", ok, err)
 	}
 	if ok, _, err := f.src.DeleteCAS(ctx, self, "/y/k", int64(cur.Entry.ModifyIndex)+1); ok || err != nil {
 		t.Fatalf("DeleteCAS with a wrong revision: ok %v, err %v; want false", ok, err)

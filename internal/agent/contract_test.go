@@ -44,10 +44,15 @@ func TestHTTPBadRequests(t *testing.T) {
 			{"GET", "/v1/kv/k", "", []string{"Cache-Control", "max-age=later"}, 400, `Cache-Control`},
 			{"PUT", "/v1/kv/k?flags=3", "v", nil, 400, `only 0 is supported`},
 			{"PUT", "/v1/kv/k?acquire=abc", "v", nil, 400, `"acquire" is not supported`},
+			{"GET", "/v1/kv/k?seperator=/", "", nil, 400, `"seperator" needs "keys"`},
 			{"PUT", "/v1/kv/k?release=abc", "v", nil, 400, `"release" is not supported`},
 			{"PUT", "/v1/kv/k?cas=minus", "v", nil, 400, `"cas": "minus"`},
-			{"PUT", "/v1/kv/k", big, nil, 400, `larger than 524288 bytes`},
-			{"PUT", "/v1/kv/", "v", nil, 400, `needs a key`},
+			{"PUT", "/v1/kv/k", big, nil, 413, `Request body too large, max size: 524288 bytes`},
+			{"PUT", "/v1/kv/", "v", nil, 400, `Missing key name`},
+			{"GET", "/v1/kv/", "", nil, 400, `Missing key name`},
+			{"DELETE", "/v1/kv/", "", nil, 400, `Missing key name`},
+			{"GET", "/v1/kv/k?consistent&cached", "", nil, 400, `Cannot specify ?cached with ?consistent`},
+			{"GET", "/v1/kv/k?peer=other", "", nil, 400, `"peer" is not supported`},
 			{"DELETE", "/v1/kv/k?recurse&cas=1", "", nil, 400, `cannot be combined`},
 			{"POST", "/v1/kv/k", "", nil, 405, `method not allowed`},
 			{"PUT", "/v1/session/create", "", nil, 400, `/v1/session/create is not served`},
@@ -519,4 +524,51 @@ func TestRenderedOncePerValue(t *testing.T) {
 	if a, b := renderKey(false)(k), renderKey(false)(k); unsafe.SliceData(a.body) != unsafe.SliceData(b.body) {
 		t.Fatal("two readers of one key got two renderings")
 	}
+}
+
+// Where Consul's clients notice a difference, the agent answers as Consul
+// does: ?keys of the root of an empty store is [] (not 404); a CAS delete
+// of a missing key is true; ?raw is text/plain that browsers must not sniff
+// or run; the parameters Consul's client sends (near, filter, cached,
+// pretty, the legacy seperator) are taken with Consul's meaning.
+func TestConsulDifferences(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		if resp, body := ta.do(t, "GET", "/v1/kv/?keys", nil); resp.StatusCode != 200 || body != "[]" {
+			t.Fatalf("?keys of an empty root = %d %q, want 200 []", resp.StatusCode, body)
+		}
+		if resp, _ := ta.do(t, "GET", "/v1/kv/none/?keys", nil); resp.StatusCode != 404 {
+			t.Fatalf("?keys of an empty prefix = %d, want 404 as Consul", resp.StatusCode)
+		}
+		if resp, body := ta.do(t, "DELETE", "/v1/kv/missing?cas=5", nil); resp.StatusCode != 200 || body != "true" {
+			t.Fatalf("DELETE ?cas of a missing key = %d %q, want true", resp.StatusCode, body)
+		}
+		ta.do(t, "PUT", "/v1/kv/page", strings.NewReader("<script>alert(1)</script>"))
+		resp, body := ta.do(t, "GET", "/v1/kv/page?raw", nil)
+		for h, want := range map[string]string{"Content-Type": "text/plain", "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"} {
+			if got := resp.Header.Get(h); got != want {
+				t.Errorf("?raw %s = %q, want %q", h, got, want)
+			}
+		}
+		if body != "<script>alert(1)</script>" {
+			t.Errorf("?raw body = %q", body)
+		}
+		ta.do(t, "PUT", "/v1/kv/a/b/c", strings.NewReader("1"))
+		ta.do(t, "PUT", "/v1/kv/a/d", strings.NewReader("2"))
+		if _, body := ta.do(t, "GET", "/v1/kv/a/?keys&seperator=/", nil); body != `["a/b/","a/d"]` {
+			t.Errorf("?keys&seperator= = %s", body)
+		}
+		if _, body := ta.do(t, "GET", "/v1/kv/a/?keys&separator=/&seperator=x", nil); body != `["a/b/","a/d"]` {
+			t.Errorf("separator must win over seperator: %s", body)
+		}
+		if resp, body := ta.do(t, "GET", "/v1/kv/a/d?near=_agent&filter=x&cached", nil); resp.StatusCode != 200 || !strings.Contains(body, `"a/d"`) {
+			t.Errorf("near, filter and cached: %d %s", resp.StatusCode, body)
+		}
+		if _, body := ta.do(t, "GET", "/v1/kv/a/d?pretty", nil); !strings.Contains(body, "\n        \"LockIndex\"") {
+			t.Errorf("?pretty = %q, want indented JSON", body)
+		}
+		if _, body := ta.do(t, "GET", "/v1/kv/a/d", nil); strings.Contains(body, "\n") {
+			t.Errorf("without ?pretty the shared rendering was indented: %q", body)
+		}
+	})
 }

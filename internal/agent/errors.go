@@ -3,11 +3,16 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/kvstore"
 )
+
+// errTooLarge is a PUT body over MaxValueSize, answered with 413 as
+// Consul does.
+var errTooLarge = fmt.Errorf("Request body too large, max size: %d bytes", MaxValueSize)
 
 // statusOf maps an error to the HTTP status and message the client gets.
 // Messages name the problem; 5xx ones carry the store's reason.
@@ -18,6 +23,12 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, errMethod):
 		return http.StatusMethodNotAllowed, "method not allowed"
+	case errors.Is(err, errTooLarge):
+		return http.StatusRequestEntityTooLarge, err.Error()
+	case errors.Is(err, watchcache.ErrInvalid):
+		// The store refused the request itself (a key it cannot take):
+		// the client's input, not the store's health.
+		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, kvstore.ErrPermissionDenied):
 		return http.StatusForbidden, "Permission denied: " + err.Error()
 	case errors.Is(err, kvstore.ErrAuthFailed), errors.Is(err, kvstore.ErrUnknownIdentity):

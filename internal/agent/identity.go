@@ -10,17 +10,20 @@ import (
 )
 
 // identity returns the cache partition of the caller: HTTP basic auth
-// (consul/api's HttpAuth), or a token from the X-Consul-Token header, a
-// Bearer token or ?token=, as the store verifies them. A request without
+// (consul/api's HttpAuth), or a token, as the store verifies them. The
+// token is taken as Consul takes it: ?token= first, then X-Consul-Token,
+// then an Authorization header of scheme Bearer. A request without
 // credentials is the store's own identity. Refused credentials are an
 // error: such a request never reaches the cache.
 func (a *Agent) identity(ctx context.Context, r *http.Request, queryToken string) (watchcache.Partition, error) {
-	token := r.Header.Get("X-Consul-Token")
-	if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && token == "" {
-		token = strings.TrimSpace(bearer)
+	token := queryToken
+	if token == "" {
+		token = r.Header.Get("X-Consul-Token")
 	}
 	if token == "" {
-		token = queryToken
+		if scheme, value, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "bearer") {
+			token = strings.TrimSpace(value)
+		}
 	}
 	user, password, basic := r.BasicAuth()
 	switch {

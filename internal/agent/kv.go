@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -52,11 +53,13 @@ func (a *Agent) handleKV(w http.ResponseWriter, r *http.Request) {
 	case http.MethodGet:
 		switch {
 		case kr.recurse:
-			serveRead(a, w, r, kr, kvstore.PrefixRequest(key, p), a.store.GetPrefix, a.store.ReadPrefix, renderPrefix)
+			serveRead(a, w, r, kr, kvstore.PrefixRequest(key, p), a.store.GetPrefix, a.store.ReadPrefix, pretty(kr, renderPrefix))
 		case kr.keys:
-			serveRead(a, w, r, kr, kvstore.KeysRequest(key, kr.separator, p), a.store.GetKeys, a.store.ReadKeys, renderKeys)
+			// As Consul, the root's listing is never a 404: an empty store
+			// lists [].
+			serveRead(a, w, r, kr, kvstore.KeysRequest(key, kr.separator, p), a.store.GetKeys, a.store.ReadKeys, pretty(kr, renderKeys(key == "")))
 		default:
-			serveRead(a, w, r, kr, kvstore.KeyRequest(key, p), a.store.GetKey, a.store.ReadKey, renderKey(kr.raw))
+			serveRead(a, w, r, kr, kvstore.KeyRequest(key, p), a.store.GetKey, a.store.ReadKey, pretty(kr, renderKey(kr.raw)))
 		}
 	case http.MethodPut:
 		a.put(w, r, kr, p)
@@ -101,6 +104,7 @@ func kvKey(path, root string) (string, error) {
 // view is a read rendered for the client.
 type view struct {
 	found       bool // false: 404
+	raw         bool // the bare value (?raw), not JSON
 	body        []byte
 	contentType string
 }
@@ -115,7 +119,8 @@ func renderKey(raw bool) func(kvstore.Key) view {
 			return view{}
 		}
 		if raw {
-			return view{found: true, body: k.Entry.Value, contentType: "application/octet-stream"}
+			// As Consul: a value is not a page for a browser to run.
+			return view{found: true, body: k.Entry.Value, contentType: "text/plain", raw: true}
 		}
 		return k.Memo().Do(renderJSON{}, func() any { return jsonView([]kvPair{pairOf(k.Entry)}) }).(view)
 	}
@@ -134,11 +139,35 @@ func renderPrefix(p kvstore.Prefix) view {
 	}).(view)
 }
 
-func renderKeys(kl kvstore.KeyList) view {
-	if len(kl.Keys) == 0 {
-		return view{}
+func renderKeys(root bool) func(kvstore.KeyList) view {
+	return func(kl kvstore.KeyList) view {
+		switch {
+		case len(kl.Keys) == 0 && root:
+			return view{found: true, body: []byte("[]"), contentType: "application/json"}
+		case len(kl.Keys) == 0:
+			return view{}
+		}
+		return kl.Memo().Do(renderJSON{}, func() any { return jsonView(kl.Keys) }).(view)
 	}
-	return kl.Memo().Do(renderJSON{}, func() any { return jsonView(kl.Keys) }).(view)
+}
+
+// pretty indents a JSON rendering when the request asks (?pretty). Such a
+// rendering is the request's own, not the shared one.
+func pretty[V any](kr kvRequest, render func(V) view) func(V) view {
+	if !kr.pretty {
+		return render
+	}
+	return func(v V) view {
+		out := render(v)
+		if !out.found || out.raw {
+			return out
+		}
+		var buf bytes.Buffer
+		if json.Indent(&buf, out.body, "", "    ") == nil {
+			out.body = append(buf.Bytes(), '\n')
+		}
+		return out
+	}
 }
 
 func jsonView(v any) view {
@@ -224,6 +253,10 @@ func writeView(w http.ResponseWriter, meta watchcache.ResultMeta, v view) {
 		return
 	}
 	h.Set("Content-Type", v.contentType)
+	if v.raw {
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Security-Policy", "sandbox")
+	}
 	w.Write(v.body)
 }
 
@@ -233,7 +266,7 @@ func readValue(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		return nil, badf("request body", "the value is larger than %d bytes", MaxValueSize)
+		return nil, errTooLarge
 	case err != nil:
 		return nil, badf("request body", "%v", err)
 	}

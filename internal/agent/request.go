@@ -20,11 +20,21 @@ const (
 // badRequest is an error answered with 400: it names the parameter or
 // header at fault.
 type badRequest struct {
-	what string // the parameter or header
-	msg  string
+	what     string // the parameter or header
+	msg      string
+	verbatim bool // msg is Consul's own words: the whole message
 }
 
-func (e *badRequest) Error() string { return fmt.Sprintf("bad %s: %s", e.what, e.msg) }
+func (e *badRequest) Error() string {
+	if e.verbatim {
+		return e.msg
+	}
+	return fmt.Sprintf("bad %s: %s", e.what, e.msg)
+}
+
+// errMissingKey is Consul's answer to a read or write that needs a key and
+// names none.
+var errMissingKey = &badRequest{what: "key", msg: "Missing key name", verbatim: true}
 
 func badf(what, format string, args ...any) error {
 	return &badRequest{what: what, msg: fmt.Sprintf(format, args...)}
@@ -39,6 +49,7 @@ type kvRequest struct {
 	keys       bool
 	separator  string
 	raw        bool
+	pretty     bool          // indent JSON, as Consul's ?pretty
 	index      uint64        // blocking: wait for an index above this
 	wait       time.Duration // blocking: how long, jitter included; 0 when not blocking
 	consistent bool          // read through to the store
@@ -66,11 +77,15 @@ var kvParams = map[string]queryParam{
 	"recurse": paramUsed, "keys": paramUsed, "separator": paramUsed, "raw": paramUsed,
 	"index": paramUsed, "wait": paramUsed, "consistent": paramUsed, "stale": paramUsed,
 	"cached": paramUsed, "cas": paramUsed, "flags": paramUsed, "token": paramUsed,
-	"dc": paramUsed, "ns": paramUsed, "partition": paramUsed,
-	"pretty": paramIgnored,
-	// Sessions and locks, filters and peering are not served (see the README).
+	"dc": paramUsed, "ns": paramUsed, "partition": paramUsed, "pretty": paramUsed,
+	"seperator": paramUsed, // Consul's historic spelling, which its clients still send
+	// Consul's clients send these; for KV reads Consul itself does not use
+	// them (near sorts nodes by distance, filter applies to catalog and
+	// health listings), so neither does the agent.
+	"near": paramIgnored, "filter": paramIgnored,
+	// Sessions, locks and peering are not served (see the README).
 	"acquire": paramUnsupported, "release": paramUnsupported, "session": paramUnsupported,
-	"filter": paramUnsupported, "peer": paramUnsupported, "near": paramUnsupported,
+	"peer": paramUnsupported,
 }
 
 // parseKVRequest parses a /v1/kv request: the key from path (already
@@ -83,7 +98,7 @@ func parseKVRequest(method, key string, q url.Values, h http.Header, datacenter 
 		case !ok:
 			return r, badf("query parameter", "unknown parameter %q", name)
 		case kind == paramUnsupported:
-			return r, badf("query parameter", "%q is not supported by this agent (sessions, locks, filters and peering are not served)", name)
+			return r, badf("query parameter", "%q is not supported by this agent (sessions, locks and peering are not served)", name)
 		}
 		if len(vals) > 1 {
 			return r, badf("query parameter", "%q given %d times", name, len(vals))
@@ -109,17 +124,26 @@ func parseKVRequest(method, key string, q url.Values, h http.Header, datacenter 
 	if err != nil {
 		return r, err
 	}
-	if _, err = flagParam(q, "cached"); err != nil {
+	cached, err := flagParam(q, "cached")
+	if err != nil {
+		return r, err
+	}
+	if r.pretty, err = flagParam(q, "pretty"); err != nil {
 		return r, err
 	}
 	if r.consistent && stale {
 		return r, badf("query parameter", "\"stale\" and \"consistent\" are mutually exclusive")
 	}
-	if q.Has("separator") {
-		if !r.keys {
-			return r, badf("query parameter", "\"separator\" needs \"keys\"")
+	if r.consistent && cached {
+		return r, badf("query parameter", "Cannot specify ?cached with ?consistent, conflicting semantics")
+	}
+	for _, name := range []string{"seperator", "separator"} { // the right spelling wins, as in Consul
+		if q.Has(name) {
+			if !r.keys {
+				return r, badf("query parameter", "%q needs \"keys\"", name)
+			}
+			r.separator = q.Get(name)
 		}
-		r.separator = q.Get("separator")
 	}
 	if dc := q.Get("dc"); dc != "" && dc != datacenter {
 		return r, badf("query parameter", "\"dc\": this agent serves datacenter %q, not %q", datacenter, dc)
@@ -151,6 +175,9 @@ func parseKVRequest(method, key string, q url.Values, h http.Header, datacenter 
 		if q.Has("cas") {
 			return r, badf("query parameter", "\"cas\" is for PUT and DELETE")
 		}
+		if key == "" && !r.recurse && !r.keys {
+			return r, errMissingKey
+		}
 		if r.index, r.wait, err = parseBlocking(q); err != nil {
 			return r, err
 		}
@@ -158,7 +185,7 @@ func parseKVRequest(method, key string, q url.Values, h http.Header, datacenter 
 			return r, err
 		}
 	case http.MethodPut, http.MethodDelete:
-		for _, name := range []string{"keys", "raw", "index", "wait", "separator"} {
+		for _, name := range []string{"keys", "raw", "index", "wait", "separator", "seperator"} {
 			if q.Has(name) {
 				return r, badf("query parameter", "%q is for GET", name)
 			}
@@ -167,7 +194,7 @@ func parseKVRequest(method, key string, q url.Values, h http.Header, datacenter 
 			return r, badf("query parameter", "\"recurse\" is for GET and DELETE")
 		}
 		if key == "" && !r.recurse {
-			return r, badf("key", "%s needs a key (or ?recurse to delete everything)", method)
+			return r, errMissingKey
 		}
 		if q.Has("cas") {
 			cas := q.Get("cas")

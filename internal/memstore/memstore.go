@@ -387,7 +387,10 @@ func (s *Store) DeletePrefix(_ context.Context, p watchcache.Partition, prefix s
 func (s *Store) DeleteCAS(_ context.Context, p watchcache.Partition, key string, index uint64) (bool, error) {
 	ok := false
 	err := s.write(p, key, false, func() {
-		if e, exists := s.keys[key]; exists && e.ModifyIndex == index {
+		switch e, exists := s.keys[key]; {
+		case !exists:
+			ok = true // as Consul: a missing key is deleted already
+		case e.ModifyIndex == index:
 			s.deleteLocked(key)
 			ok = true
 		}

@@ -2,6 +2,8 @@ package consulkv
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"net/http"
 	"net/url"
@@ -231,3 +233,17 @@ func (st *Store) Health(ctx context.Context) (kvstore.Health, error) {
 
 // Describe implements kvstore.Store.
 func (st *Store) Describe() string { return "consul " + st.s.base.String() }
+
+// Who implements kvstore.Store: the basic-auth user, a digest of a token
+// (never the token), or "self" for the source's own token.
+func (st *Store) Who(p watchcache.Partition) string {
+	switch {
+	case strings.HasPrefix(p.Token, tokenPrefix):
+		sum := sha256.Sum256([]byte(strings.TrimPrefix(p.Token, tokenPrefix)))
+		return "token:" + hex.EncodeToString(sum[:4])
+	case strings.HasPrefix(p.Token, basicPrefix):
+		user, _, _ := strings.Cut(strings.TrimPrefix(p.Token, basicPrefix), ":")
+		return user
+	}
+	return "self"
+}

@@ -162,3 +162,12 @@ func (s *Store) Health(ctx context.Context) (kvstore.Health, error) {
 func (s *Store) Describe() string {
 	return "etcd " + strings.Join(s.src.cfg.Endpoints, ",")
 }
+
+// Who implements kvstore.Store: the etcd user, or "self" for the source's
+// own identity.
+func (s *Store) Who(p watchcache.Partition) string {
+	if user, ok := strings.CutPrefix(p.Token, tokenPrefix); ok {
+		return user
+	}
+	return "self"
+}

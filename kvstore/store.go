@@ -88,6 +88,10 @@ type Store interface {
 	// own identity. Refused credentials wrap ErrAuthFailed.
 	Identify(ctx context.Context, c Credentials) (watchcache.Partition, error)
 
+	// Who names a Partition for logs: a user name, or a digest of a
+	// token, never a secret.
+	Who(p watchcache.Partition) string
+
 	// Health asks the upstream how it is.
 	Health(ctx context.Context) (Health, error)
 

@@ -148,6 +148,10 @@ func New(cfg Config) (*Agent, error) {
 // paths and redirects, which would rewrite keys such as "a//b" or "a/../b"
 // that etcd (and Consul) store as they are.
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.serveLogged(w, r, a.route)
+}
+
+func (a *Agent) route(w http.ResponseWriter, r *http.Request) {
 	switch p := r.URL.Path; {
 	case p == "/v1/kv" || strings.HasPrefix(p, "/v1/kv/"):
 		a.handleKV(w, r)

@@ -5,9 +5,12 @@ package agent
 // etcd are in e2e_test.go.
 
 import (
+	"bytes"
 	"context"
+	stdbase64 "encoding/base64"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +20,7 @@ import (
 	"unsafe"
 
 	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/internal/memstore"
 	"github.com/watchcache/watchcache/kvstore"
 
 	"github.com/hashicorp/consul/api"
@@ -571,4 +575,63 @@ func TestConsulDifferences(t *testing.T) {
 			t.Errorf("without ?pretty the shared rendering was indented: %q", body)
 		}
 	})
+}
+
+// Every request is logged once answered: successes at debug, 4xx at info,
+// 5xx at warn, with method, path, status, duration, X-Cache and the
+// identity's name, and never a token or a password.
+func TestRequestLog(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var buf syncBuffer
+		log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		ta, store := memAgentLogging(t, map[string]memstore.User{
+			"alice": {Password: "alice-password", Tokens: []string{"alice-secret-token"}, Prefixes: []string{"a/"}},
+		}, log)
+		ta.do(t, "PUT", "/v1/kv/a/k", strings.NewReader("v"), "X-Consul-Token", "alice-secret-token")
+		ta.do(t, "GET", "/v1/kv/a/k", nil, "Authorization", "Basic "+basicAuth("alice", "alice-password"))
+		ta.do(t, "GET", "/v1/kv/b/k", nil, "X-Consul-Token", "alice-secret-token")
+		store.SetDown(true)
+		ta.do(t, "PUT", "/v1/kv/a/k", strings.NewReader("v2"))
+		out := buf.String()
+		for _, want := range []string{
+			`level=DEBUG msg=request method=PUT path=/v1/kv/a/k status=200`,
+			`level=DEBUG msg=request method=GET path=/v1/kv/a/k status=200 duration=`,
+			`cache=MISS identity=alice`,
+			`level=INFO msg=request method=GET path=/v1/kv/b/k status=403`,
+			`level=WARN msg=request method=PUT path=/v1/kv/a/k status=503`,
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("the log lacks %q:\n%s", want, out)
+			}
+		}
+		for _, secret := range []string{"alice-secret-token", "alice-password"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("the log shows %q:\n%s", secret, out)
+			}
+		}
+	})
+}
+
+func basicAuth(user, password string) string {
+	return base64Std.EncodeToString([]byte(user + ":" + password))
+}
+
+var base64Std = stdbase64.StdEncoding
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -42,10 +42,9 @@ func statusOf(err error) (int, string) {
 }
 
 // writeError answers with err's status and message.
+// The request's log line (reqlog.go) carries the error.
 func (a *Agent) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := statusOf(err)
-	if status >= 500 {
-		a.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
-	}
+	failed(r, err)
 	http.Error(w, msg, status)
 }

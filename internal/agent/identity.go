@@ -15,7 +15,12 @@ import (
 // then an Authorization header of scheme Bearer. A request without
 // credentials is the store's own identity. Refused credentials are an
 // error: such a request never reaches the cache.
-func (a *Agent) identity(ctx context.Context, r *http.Request, queryToken string) (watchcache.Partition, error) {
+func (a *Agent) identity(ctx context.Context, r *http.Request, queryToken string) (p watchcache.Partition, err error) {
+	defer func() {
+		if err == nil {
+			a.identify(r, p)
+		}
+	}()
 	token := queryToken
 	if token == "" {
 		token = r.Header.Get("X-Consul-Token")

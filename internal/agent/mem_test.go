@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"testing"
 	"time"
@@ -18,6 +19,12 @@ import (
 // real-time polling. Everything stops when the test ends.
 func memAgent(t *testing.T, users map[string]memstore.User) (*testAgent, *memstore.Store) {
 	t.Helper()
+	return memAgentLogging(t, users, testLogger())
+}
+
+// memAgentLogging is memAgent with the agent's logs going to log.
+func memAgentLogging(t *testing.T, users map[string]memstore.User, log *slog.Logger) (*testAgent, *memstore.Store) {
+	t.Helper()
 	reg := NewRegistry()
 	cache, err := watchcache.New(watchcache.Options{Logger: testLogger(), Registerer: reg})
 	if err != nil {
@@ -28,7 +35,7 @@ func memAgent(t *testing.T, users map[string]memstore.User) (*testAgent, *memsto
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Config{Store: store, Cache: cache, Registry: reg, Logger: testLogger(),
+	a, err := New(Config{Store: store, Cache: cache, Registry: reg, Logger: log,
 		HeartbeatInterval: time.Second, WriteTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)

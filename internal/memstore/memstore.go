@@ -440,3 +440,11 @@ func (s *Store) Describe() string { return "memory" }
 func sortEntries(es []kvstore.Entry) {
 	slices.SortFunc(es, func(a, b kvstore.Entry) int { return strings.Compare(a.Key, b.Key) })
 }
+
+// Who implements kvstore.Store.
+func (s *Store) Who(p watchcache.Partition) string {
+	if name := userOf(p); name != "" {
+		return name
+	}
+	return "self"
+}

@@ -50,6 +50,11 @@ A key or value that is empty, is not printable single-line text, or begins
 with '"' or '(' is printed quoted, as a Go string ("a\nb"); so is a key
 with a space in it.
 
+When the store's history restarts (it was restored from a backup or
+rebuilt, so its index went back), a line "INDEX (reset)" is printed and
+then the whole current state as after a first connection: KEY's line, or
+with -prefix every current key and "(deleted)" for each key that is gone.
+
 A dropped connection is made again (with Last-Event-ID, so no change that
 is still current is missed); errors the agent reports on the stream are
 printed to stderr. An agent that cannot be reached at first, or that
@@ -232,7 +237,7 @@ func (w *watcher) stream(ctx context.Context) (opened bool, err error) {
 		}
 		w.lastID = ev.ID
 		switch ev.Type {
-		case "kv":
+		case "kv", "reset":
 			agentErr = ""
 			if err := w.print(ev); err != nil {
 				return true, &permanentError{err}
@@ -265,18 +270,27 @@ func (ir *idleReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// print prints what changed in the state that a kv event carries (the JSON
-// body a GET of the key or prefix would get; [] when nothing exists).
+// print prints what changed in the state that a kv or reset event carries
+// (the JSON body a GET of the key or prefix would get; [] when nothing
+// exists). A reset replaces the state printed so far: its indexes are from
+// another history, so every current key is printed again.
 func (w *watcher) print(ev sseEvent) error {
 	var pairs []*api.KVPair
 	if err := json.Unmarshal([]byte(ev.Data), &pairs); err != nil {
 		return fmt.Errorf("the agent sent an event that is not a list of keys: %w", err)
 	}
 	var lines []string
+	if ev.Type == "reset" {
+		lines = append(lines, ev.ID+" (reset)")
+		w.seen = false // print KEY's state, whatever it is
+		for key := range w.keys {
+			w.keys[key] = 0 // no key has ModifyIndex 0: all print again
+		}
+	}
 	if w.prefix {
-		lines = w.prefixChanges(ev.ID, pairs)
+		lines = append(lines, w.prefixChanges(ev.ID, pairs)...)
 	} else {
-		lines = w.keyChange(ev.ID, pairs)
+		lines = append(lines, w.keyChange(ev.ID, pairs)...)
 	}
 	for _, l := range lines {
 		if _, err := io.WriteString(w.out, l+"\n"); err != nil {

@@ -188,6 +188,49 @@ func TestWatchPrefixLines(t *testing.T) {
 	}
 }
 
+// A reset event (the store's history restarted) is printed as a reset line
+// followed by the whole current state, deletions included, even where the
+// new history reuses a ModifyIndex the old one had.
+func TestWatchResetLines(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		events []string
+		want   []string
+	}{
+		{"prefix", []string{"-prefix", "app/"}, []string{
+			"id: 9\nevent: kv\ndata: " + kvData("app/a", "1", 2, "app/b", "2", 9) + "\n\n",
+			"id: 3\nevent: reset\ndata: " + kvData("app/a", "1", 2, "app/c", "x", 3) + "\n\n",
+			"id: 4\nevent: kv\ndata: " + kvData("app/a", "1", 2, "app/c", "y", 4) + "\n\n",
+		}, []string{"9 app/a 1", "9 app/b 2", "3 (reset)", "3 app/a 1", "3 app/b (deleted)", "3 app/c x", "4 app/c y"}},
+		{"key deleted", []string{"app/db"}, []string{
+			"id: 9\nevent: kv\ndata: " + kvData("app/db", "v", 9) + "\n\n",
+			"id: 2\nevent: reset\ndata: []\n\n",
+		}, []string{"9 app/db v", "2 (reset)", "2 app/db (deleted)"}},
+		{"key same index", []string{"app/db"}, []string{
+			"id: 5\nevent: kv\ndata: " + kvData("app/db", "old", 5) + "\n\n",
+			"id: 5\nevent: reset\ndata: " + kvData("app/db", "new", 5) + "\n\n",
+		}, []string{"5 app/db old", "5 (reset)", "5 app/db new"}},
+		{"key missing", []string{"app/db"}, []string{
+			"id: 5\nevent: kv\ndata: []\n\n",
+			"id: 1\nevent: reset\ndata: []\n\n",
+		}, []string{"5 app/db (missing)", "1 (reset)", "1 app/db (missing)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fa := startFakeAgent(t, sendEvents(true, tc.events...))
+			stdout, _, stop := startWatch(t, env(nil), append([]string{"-http-addr", fa.URL}, tc.args...)...)
+			for _, want := range tc.want {
+				if got := stdout.next(t); got != want {
+					t.Fatalf("line %q, want %q", got, want)
+				}
+			}
+			if code := stop(); code != exitOK {
+				t.Fatalf("status %d", code)
+			}
+		})
+	}
+}
+
 // The agent refusing a watch ends it with status 1 and the agent's
 // message: an HTTP error status, or an error event that ends the stream.
 // An error event on a stream that goes on is reported and the watch

@@ -22,6 +22,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -73,6 +74,10 @@ type Config struct {
 	// line, so that proxies keep it open; default 30s.
 	HeartbeatInterval time.Duration
 
+	// EventWriteTimeout bounds the write of each event of a stream: a
+	// client that takes longer is dropped; default 10s.
+	EventWriteTimeout time.Duration
+
 	// Logger receives the agent's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -98,7 +103,8 @@ type Agent struct {
 	stopCancel context.CancelFunc
 	stopOnce   sync.Once
 
-	blocked atomic.Int64 // blocking queries waiting now
+	blocked        atomic.Int64 // blocking queries waiting now
+	droppedStreams prometheus.Counter
 }
 
 // NewRegistry returns a Prometheus registry with the Go runtime and
@@ -123,6 +129,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = 30 * time.Second
 	}
+	if cfg.EventWriteTimeout <= 0 {
+		cfg.EventWriteTimeout = 10 * time.Second
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = NewRegistry()
 	}
@@ -130,7 +139,14 @@ func New(cfg Config) (*Agent, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cfg: cfg, log: log, store: cfg.Store, kinds: cfg.Store.Kinds(), cache: cfg.Cache}
+	a := &Agent{cfg: cfg, log: log, store: cfg.Store, kinds: cfg.Store.Kinds(), cache: cfg.Cache,
+		droppedStreams: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "watchcache_agent_event_streams_dropped_total",
+			Help: "Event streams dropped because their client did not take an event within the write timeout.",
+		})}
+	if err := cfg.Registry.Register(a.droppedStreams); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	a.stopCtx, a.stopCancel = context.WithCancel(context.Background())
 	a.metrics = promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry})
 	a.srv = &http.Server{

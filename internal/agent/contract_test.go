@@ -10,7 +10,9 @@ import (
 	stdbase64 "encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -634,4 +636,88 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A stream resumed with a Last-Event-ID above the store's current index
+// (the store was restored or rebuilt since) gets the current state at
+// once, as a reset; so does a stream whose store is reset while it runs.
+func TestSSEResets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, store := memAgent(t, nil)
+		ta.do(t, "PUT", "/v1/kv/cfg", strings.NewReader("now"))
+		ctx, cancel := context.WithCancel(testCtx(t))
+		defer cancel()
+		events := ta.sse(t, ctx, "/v1/watch/kv/cfg", "Last-Event-ID", "1000")
+		synctest.Wait()
+		ev := nextEvent(t, events)
+		if ev.event != "reset" || !strings.Contains(ev.data, base64("now")) {
+			t.Fatalf("resumed above the current index: first event %+v, want a reset with the current state", ev)
+		}
+		ta.do(t, "PUT", "/v1/kv/cfg", strings.NewReader("next"))
+		if ev := nextEvent(t, events); ev.event != "kv" || !strings.Contains(ev.data, base64("next")) {
+			t.Fatalf("then %+v, want the next change", ev)
+		}
+		store.Reset()
+		store.Put(ctx, watchcache.Partition{}, "cfg", []byte("rebuilt"))
+		synctest.Wait()
+		for {
+			ev := nextEvent(t, events)
+			if strings.Contains(ev.data, base64("rebuilt")) || ev.data == "[]" {
+				if ev.event != "reset" {
+					t.Fatalf("after the store was rebuilt: %+v, want a reset", ev)
+				}
+				break
+			}
+		}
+	})
+}
+
+// A client that stops reading its event stream is dropped when an event
+// is not taken within EventWriteTimeout, and counted; the agent shuts down
+// at once even while a stuck client holds a stream.
+func TestSSEStuckClient(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		ta.do(t, "PUT", "/v1/kv/cfg", strings.NewReader("v"))
+		stuck := func() net.Conn {
+			conn, err := ta.dial(t.Context(), "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go io.WriteString(conn, "GET /v1/watch/kv/cfg HTTP/1.1\r\nHost: agent\r\n\r\n")
+			return conn // never read: a pipe has no buffer, so the stream's first write blocks
+		}
+		first := stuck()
+		defer first.Close()
+		synctest.Wait()
+		time.Sleep(11 * time.Second) // past EventWriteTimeout
+		synctest.Wait()
+		_, body := ta.do(t, "GET", "/metrics", nil)
+		if !strings.Contains(body, "watchcache_agent_event_streams_dropped_total 1") {
+			t.Fatalf("a stuck stream was not dropped and counted:\n%s", grepLines(body, "dropped"))
+		}
+
+		second := stuck()
+		defer second.Close()
+		synctest.Wait()
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := ta.Shutdown(ctx); err != nil {
+			t.Fatalf("Shutdown with a stuck stream: %v", err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Fatalf("Shutdown with a stuck stream took %v", took)
+		}
+	})
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

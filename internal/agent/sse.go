@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/watchcache/watchcache"
@@ -29,6 +31,9 @@ var watchParams = map[string]bool{"recurse": true, "token": true, "dc": true, "i
 // A client that reconnects with Last-Event-ID (or ?index=) gets the
 // current state at once if it changed since that index, and otherwise
 // waits for the next change: it misses nothing that is still current.
+// When the store's index went back (it was restored or rebuilt), the
+// current state comes at once as "event: reset", to replace what the
+// client had.
 // Errors are sent as "event: error" with a JSON {"error": ...}; the stream
 // ends after one that will not heal (access refused). Idle streams get a
 // comment line every HeartbeatInterval.
@@ -85,6 +90,15 @@ func (a *Agent) handleWatch(w http.ResponseWriter, r *http.Request) {
 // handler's goroutine (owned by net/http) is the stream's only goroutine;
 // the cache delivers to it through a one-slot channel, so a slow client
 // gets the latest state when it catches up, never a backlog.
+//
+// A state whose index is lower than the last one the client saw (the
+// store was restored or rebuilt, or the client resumes with a
+// Last-Event-ID from before that) is sent at once as "event: reset": the
+// whole current state, to be taken instead of what the client had.
+//
+// Every event must be written within EventWriteTimeout: a client that
+// stops reading is dropped (and counted) rather than holding its handler
+// and connection, and a shutdown cuts a write in progress.
 func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind *watchcache.Kind[V], read reader[V], req watchcache.Request, since uint64, render func(V) view) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
@@ -92,30 +106,71 @@ func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind 
 	// reflects every write this agent acknowledged, so the stream's first
 	// event is never older than a PUT the client just made. It also
 	// answers a refused request with 403 before the stream begins.
-	if _, _, err := read(ctx, req); err != nil {
+	v, meta, err := read(ctx, req)
+	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	events := make(chan watchcache.UpdateEvent[V], 1)
-	req.MinIndex = since
+	resumeReset := since > max(meta.Index, 1) // resumed from another history
+	if resumeReset {
+		req.MinIndex = meta.Index // the reset event below is the current state
+	} else {
+		req.MinIndex = since
+	}
 	if err := kind.Notify(ctx, req, "", events); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	rc := http.NewResponseController(w)
+	// A write blocked on a client that stopped reading ends with its
+	// deadline, or at once when the request ends (shutdown, client gone).
+	var cut atomic.Bool
+	stop := context.AfterFunc(ctx, func() {
+		cut.Store(true)
+		rc.SetWriteDeadline(time.Now())
+	})
+	defer stop()
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // ask proxies not to buffer the stream
 	w.WriteHeader(http.StatusOK)
-	fmt.Fprintf(w, "retry: 1000\n\n")
-	if rc.Flush() != nil {
+	write := func(format string, args ...any) error {
+		if err := rc.SetWriteDeadline(time.Now().Add(a.cfg.EventWriteTimeout)); err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(w, format, args...); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	if err := write("retry: 1000\n\n"); err != nil {
+		a.dropped(&cut, err)
 		return
+	}
+	var last uint64 = since
+	sendState := func(v V, index uint64) error {
+		body := render(v).body
+		if body == nil {
+			body = []byte("[]")
+		}
+		typ := "kv"
+		if index < last {
+			typ = "reset"
+		}
+		last = index
+		return write("id: %d\nevent: %s\ndata: %s\n\n", index, typ, body)
+	}
+	if resumeReset {
+		if err = sendState(v, max(meta.Index, 1)); err != nil {
+			a.dropped(&cut, err)
+			return
+		}
 	}
 	heartbeat := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer heartbeat.Stop()
 	for {
-		var err error
 		select {
 		case ev := <-events:
 			switch {
@@ -124,28 +179,34 @@ func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind 
 			case ev.Err != nil:
 				_, msg := statusOf(ev.Err)
 				data, _ := json.Marshal(map[string]string{"error": msg})
-				_, err = fmt.Fprintf(w, "event: error\ndata: %s\n\n", data)
-				if errors.Is(ev.Err, watchcache.ErrFatal) {
-					rc.Flush()
+				err = write("event: error\ndata: %s\n\n", data)
+				if err == nil && errors.Is(ev.Err, watchcache.ErrFatal) {
 					return // refused: it will not heal by waiting
 				}
 			default:
-				body := render(ev.Result).body
-				if body == nil {
-					body = []byte("[]")
-				}
-				_, err = fmt.Fprintf(w, "id: %d\nevent: kv\ndata: %s\n\n", max(ev.Meta.Index, 1), body)
+				err = sendState(ev.Result, max(ev.Meta.Index, 1))
 			}
 		case <-heartbeat.C:
-			_, err = fmt.Fprintf(w, ": heartbeat\n\n")
+			err = write(": heartbeat\n\n")
 		case <-ctx.Done():
 			return
 		}
-		if err == nil {
-			err = rc.Flush()
-		}
 		if err != nil {
-			return // the client went away
+			a.dropped(&cut, err)
+			return
 		}
 	}
+}
+
+// dropped counts an event stream whose client did not take an event within
+// EventWriteTimeout. One whose write was cut because the request ended
+// (shutdown, client gone) is not counted; neither is one whose client
+// closed the connection. (The request's context cannot tell: net/http
+// cancels it on any failed write.)
+func (a *Agent) dropped(cut *atomic.Bool, err error) {
+	if cut.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	a.droppedStreams.Inc()
+	a.log.Info("dropped an event stream whose client stopped reading", "timeout", a.cfg.EventWriteTimeout)
 }

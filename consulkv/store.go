@@ -227,8 +227,11 @@ func (st *Store) Health(ctx context.Context) (kvstore.Health, error) {
 	if err != nil {
 		return kvstore.Health{}, classify("status", err, false)
 	}
-	h := kvstore.Health{Reachable: true, Leader: leader != "", Endpoint: st.s.base.Host}
-	return h, nil
+	peers, err := st.s.cli.Status().PeersWithQueryOptions((&api.QueryOptions{Token: st.s.cfg.Token}).WithContext(ctx))
+	if err != nil {
+		return kvstore.Health{}, classify("status", err, false)
+	}
+	return kvstore.Health{Reachable: true, Leader: leader != "", Endpoint: st.s.base.Host, LeaderAddr: leader, Peers: peers}, nil
 }
 
 // Describe implements kvstore.Store.

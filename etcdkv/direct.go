@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 
 	"github.com/watchcache/watchcache"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // ReadKey is a consistent read of req's key, for callers that must see the
@@ -57,9 +59,35 @@ func (s *Source) Health(ctx context.Context) (Health, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", ep, err))
 			continue
 		}
-		return Health{Endpoint: ep, Revision: st.Header.GetRevision(), Leader: st.Leader != 0}, nil
+		h := Health{Endpoint: ep, Revision: st.Header.GetRevision(), Leader: st.Leader != 0}
+		// The members as this member knows them, without asking the
+		// leader: a cluster without one still lists its peers.
+		ml, err := s.conn.MemberList(ctx, clientv3.WithSerializable())
+		if err != nil {
+			return Health{}, wrapErr("member list", err)
+		}
+		for _, m := range ml.Members {
+			if m.IsLearner || len(m.PeerURLs) == 0 {
+				continue // not a voter, or not started yet
+			}
+			addr := peerAddr(m.PeerURLs[0])
+			h.Peers = append(h.Peers, addr)
+			if m.ID == st.Leader {
+				h.LeaderAddr = addr
+			}
+		}
+		return h, nil
 	}
 	return Health{}, wrapErr("status", errors.Join(errs...))
+}
+
+// peerAddr is the host:port of a member's peer URL, as Consul names its
+// raft peers; the URL itself if it has no host.
+func peerAddr(u string) string {
+	if pu, err := url.Parse(u); err == nil && pu.Host != "" {
+		return pu.Host
+	}
+	return u
 }
 
 // Health is what Source.Health found.
@@ -67,4 +95,9 @@ type Health struct {
 	Endpoint string // the member that answered
 	Revision int64  // the store's revision as that member knows it
 	Leader   bool   // the member knows a leader
+
+	// LeaderAddr is the leader's peer address (host:port), "" when the
+	// member knows none; Peers are every voting member's.
+	LeaderAddr string
+	Peers      []string
 }

@@ -155,7 +155,8 @@ func (s *Store) Health(ctx context.Context) (kvstore.Health, error) {
 	if err != nil {
 		return kvstore.Health{}, err
 	}
-	return kvstore.Health{Reachable: true, Leader: h.Leader, Index: uint64(max(h.Revision, 0)), Endpoint: h.Endpoint}, nil
+	return kvstore.Health{Reachable: true, Leader: h.Leader, Index: uint64(max(h.Revision, 0)), Endpoint: h.Endpoint,
+		LeaderAddr: h.LeaderAddr, Peers: h.Peers}, nil
 }
 
 // Describe implements kvstore.Store.

@@ -51,6 +51,13 @@ type Health struct {
 	LastContact time.Duration // how stale its answers may be; 0 when current
 	Index       uint64        // its current index, as far as known
 	Endpoint    string        // the member or server that answered
+
+	// LeaderAddr and Peers are what Consul's /v1/status/leader and
+	// /v1/status/peers answer: the address ("host:port") its cluster's
+	// members reach the leader at, "" when there is none, and every
+	// voting member's.
+	LeaderAddr string
+	Peers      []string
 }
 
 // Store is a key-value store as the agent serves it. Its methods are safe

@@ -177,6 +177,8 @@ func (a *Agent) route(w http.ResponseWriter, r *http.Request) {
 		a.handleStatus(w, r)
 	case p == "/v1/status/leader", p == "/v1/status/peers":
 		a.handleLeader(w, r)
+	case p == "/readyz":
+		a.handleReady(w, r)
 	case p == "/metrics":
 		a.metrics.ServeHTTP(w, r)
 	default:

@@ -13,6 +13,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -511,6 +513,49 @@ func TestStatusAndMetrics(t *testing.T) {
 		json.Unmarshal([]byte(body), &st)
 		if st.Upstream.Healthy || st.Upstream.Error == "" {
 			t.Fatalf("status with the store down = %+v", st.Upstream)
+		}
+	})
+}
+
+// /v1/status/leader and /v1/status/peers answer as Consul does, to the real
+// client, and /readyz is 200 "ok"; while the store does not answer, all
+// three are 503 with the reason, and /readyz is 503 once Shutdown began.
+func TestLeaderPeersReady(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, store := memAgent(t, nil)
+		status := ta.consul(t).Status()
+		if leader, err := status.Leader(); err != nil || leader != "memory" {
+			t.Fatalf("Leader() = %q, %v", leader, err)
+		}
+		if peers, err := status.Peers(); err != nil || !slices.Equal(peers, []string{"memory"}) {
+			t.Fatalf("Peers() = %q, %v", peers, err)
+		}
+		if resp, body := ta.do(t, "GET", "/readyz", nil); resp.StatusCode != 200 || body != "ok\n" {
+			t.Fatalf("/readyz = %d %q", resp.StatusCode, body)
+		}
+		store.SetDown(true)
+		for _, path := range []string{"/v1/status/leader", "/v1/status/peers", "/readyz"} {
+			resp, body := ta.do(t, "GET", path, nil)
+			if resp.StatusCode != 503 || !strings.Contains(body, memstore.ErrDown.Error()) {
+				t.Errorf("%s with the store down = %d %q", path, resp.StatusCode, body)
+			}
+		}
+		if _, err := status.Leader(); err == nil {
+			t.Error("Leader() with the store down: no error")
+		}
+		store.SetDown(false)
+		if resp, _ := ta.do(t, "GET", "/readyz", nil); resp.StatusCode != 200 {
+			t.Fatalf("/readyz after the outage = %d", resp.StatusCode)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if err := ta.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		ta.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		if rec.Code != 503 || !strings.Contains(rec.Body.String(), "shutting down") {
+			t.Fatalf("/readyz during shutdown = %d %q", rec.Code, rec.Body)
 		}
 	})
 }

@@ -7,9 +7,11 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/watchcache/watchcache/etcdkv"
@@ -30,6 +32,50 @@ func TestHTTPKeysVerbatim(t *testing.T) {
 		if err != nil || len(got.Kvs) != 1 {
 			t.Fatalf("etcd has no key %q: %v", key, err)
 		}
+	}
+}
+
+// /v1/status/leader and /v1/status/peers name etcd's leader and voting
+// members by their peer addresses, as Consul names its raft peers, and
+// follow a change of leader.
+func TestStatusLeaderPeersEtcd(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.WithMembers(3))
+	ta := startAgentOn(t, c)
+	status := ta.consul(t).Status()
+	var all []string
+	for i := range 3 {
+		all = append(all, c.PeerAddr(i))
+	}
+	slices.Sort(all)
+	peers, err := status.Peers()
+	slices.Sort(peers)
+	if err != nil || !slices.Equal(peers, all) {
+		t.Fatalf("Peers() = %q, %v; want %q", peers, err, all)
+	}
+	lead := c.WaitLeader(t)
+	if leader, err := status.Leader(); err != nil || leader != c.PeerAddr(lead) {
+		t.Fatalf("Leader() = %q, %v; want member %d's %q", leader, err, lead, c.PeerAddr(lead))
+	}
+	killed := c.KillLeader(t)
+	lead = c.WaitLeader(t)
+	if lead == killed {
+		t.Fatalf("member %d still leads after it was killed", lead)
+	}
+	// The killed member's endpoint may be asked first; an answer must come
+	// from a live one that knows the new leader.
+	deadline := time.Now().Add(waitFor)
+	for {
+		leader, err := status.Leader()
+		if err == nil && leader == c.PeerAddr(lead) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Leader() after member %d was killed = %q, %v; want member %d's %q", killed, leader, err, lead, c.PeerAddr(lead))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if resp, body := ta.do(t, "GET", "/readyz", nil); resp.StatusCode != 200 {
+		t.Fatalf("/readyz with 2 of 3 members = %d %q", resp.StatusCode, body)
 	}
 }
 

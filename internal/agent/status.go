@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -58,9 +60,10 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleLeader serves /v1/status/leader and /v1/status/peers as Consul
-// does, from the store's health: the leader's address as a JSON string
-// ("" when the store knows none), and the list of peers. A store that does
-// not answer is a 503 with the reason, so both serve as health checks.
+// does, from the store's members: the leader's address as a JSON string
+// ("" when the store knows none), and the list of voting members'. A store
+// that does not answer is a 503 with the reason, so both serve as health
+// checks.
 func (a *Agent) handleLeader(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		a.writeError(w, r, errMethod)
@@ -73,20 +76,44 @@ func (a *Agent) handleLeader(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	leader := ""
-	if h.Reachable && h.Leader {
-		leader = h.Endpoint
-	}
-	var body any = leader
+	var body any = h.LeaderAddr
 	if strings.HasSuffix(r.URL.Path, "/peers") {
-		peers := []string{}
-		if leader != "" {
-			peers = append(peers, leader)
-		}
-		body = peers
+		body = append([]string{}, h.Peers...) // [] rather than null
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(body)
+}
+
+// handleReady serves GET /readyz, a readiness check for load balancers and
+// orchestrators: 200 "ok" while the store answers and has a leader, and
+// 503 with the reason otherwise, and from the moment Shutdown begins (so
+// that traffic drains to other agents). The agent itself answers as long
+// as it runs: a liveness check needs nothing more than /v1/status.
+func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		a.writeError(w, r, errMethod)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if a.isStopping() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "not ready: the agent is shutting down\n")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	h, err := a.store.Health(ctx)
+	switch {
+	case err != nil:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: %s does not answer: %v\n", a.store.Describe(), err)
+	case !h.Leader:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: %s has no leader (%s answered)\n", a.store.Describe(), h.Endpoint)
+	default:
+		io.WriteString(w, "ok\n")
+	}
 }
 
 // handleUnsupported answers every path the agent does not serve. Consul
@@ -94,7 +121,7 @@ func (a *Agent) handleLeader(w http.ResponseWriter, r *http.Request) {
 // than a bare 404 that looks like a missing key.
 func (a *Agent) handleUnsupported(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/v1/") {
-		http.Error(w, "watchcache agent: "+r.URL.Path+" is not served; this agent serves /v1/kv/, /v1/watch/kv/, /v1/status, /v1/status/leader, /v1/status/peers and /metrics", http.StatusBadRequest)
+		http.Error(w, "watchcache agent: "+r.URL.Path+" is not served; this agent serves /v1/kv/, /v1/watch/kv/, /v1/status, /v1/status/leader, /v1/status/peers, /readyz and /metrics", http.StatusBadRequest)
 		return
 	}
 	http.NotFound(w, r)

@@ -446,6 +446,13 @@ func (c *Cluster) Endpoint(i int) string {
 	return c.member(i).clientURL.String()
 }
 
+// PeerAddr returns the host:port member i's peers reach it at.
+func (c *Cluster) PeerAddr(i int) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.member(i).peerURL.Host
+}
+
 // allEndpoints returns the client URLs of all members, running or not.
 func (c *Cluster) allEndpoints() []string {
 	c.mu.Lock()

@@ -431,7 +431,8 @@ func (s *Store) Health(context.Context) (kvstore.Health, error) {
 	if s.down != nil {
 		return kvstore.Health{}, s.down
 	}
-	return kvstore.Health{Reachable: true, Leader: true, Index: max(s.index, 1), Endpoint: "memory"}, nil
+	return kvstore.Health{Reachable: true, Leader: true, Index: max(s.index, 1), Endpoint: "memory",
+		LeaderAddr: "memory", Peers: []string{"memory"}}, nil
 }
 
 // Describe implements kvstore.Store.

@@ -188,6 +188,14 @@ func TestChainedAgents(t *testing.T) {
 	kv := edgeClient.KV()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
 	defer cancel()
+	// Health checks at the edge see the store's leader and members,
+	// passed along by each agent of the chain.
+	if leader, err := edgeClient.Status().Leader(); err != nil || leader != c.PeerAddr(0) {
+		t.Fatalf("Leader() at the edge = %q, %v; want etcd's %q", leader, err, c.PeerAddr(0))
+	}
+	if peers, err := edgeClient.Status().Peers(); err != nil || len(peers) != 1 || peers[0] != c.PeerAddr(0) {
+		t.Fatalf("Peers() at the edge = %q, %v; want [%q]", peers, err, c.PeerAddr(0))
+	}
 	p, meta, err := kv.Get("cfg", (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil || p == nil || string(p.Value) != "v1" {
 		t.Fatalf("Get at the edge = %+v, %v", p, err)

@@ -2,11 +2,11 @@ package etcdkv
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 
 	"github.com/watchcache/watchcache"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -43,42 +43,45 @@ func (k *Kinds) ReadKeys(ctx context.Context, req watchcache.Request) (KeyList, 
 	return consistentRead(ctx, k.s, k.Keys, sp, deriveKeys, req)
 }
 
-// Health reports whether etcd answers: it asks each endpoint for its
-// status with the source's own client until one answers, and returns that
-// member's view of the store's revision and whether it knows a leader.
+// Health reports whether etcd answers: it asks for a member's status on
+// the source's own connection, whose balancer skips members it cannot
+// reach (so one member down does not fail it), and returns that member's
+// view of the store's revision and leader, with the cluster's members.
 func (s *Source) Health(ctx context.Context) (Health, error) {
 	if s.isClosed() {
 		return Health{}, ErrClosed
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	var errs []error
-	for _, ep := range s.conn.Endpoints() {
-		st, err := s.conn.Status(ctx, ep)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", ep, err))
-			continue
-		}
-		h := Health{Endpoint: ep, Revision: st.Header.GetRevision(), Leader: st.Leader != 0}
-		// The members as this member knows them, without asking the
-		// leader: a cluster without one still lists its peers.
-		ml, err := s.conn.MemberList(ctx, clientv3.WithSerializable())
-		if err != nil {
-			return Health{}, wrapErr("member list", err)
-		}
-		for _, m := range ml.Members {
-			if m.IsLearner || len(m.PeerURLs) == 0 {
-				continue // not a voter, or not started yet
-			}
-			addr := peerAddr(m.PeerURLs[0])
-			h.Peers = append(h.Peers, addr)
-			if m.ID == st.Leader {
-				h.LeaderAddr = addr
-			}
-		}
-		return h, nil
+	mt := clientv3.NewMaintenanceFromMaintenanceClient(pb.NewMaintenanceClient(s.conn.ActiveConnection()), s.conn)
+	st, err := mt.Status(ctx, "")
+	if err != nil {
+		return Health{}, wrapErr("status", err)
 	}
-	return Health{}, wrapErr("status", errors.Join(errs...))
+	h := Health{Revision: st.Header.GetRevision(), Leader: st.Leader != 0}
+	// The members as the member that answered knows them, without asking
+	// the leader: a cluster without one still lists its peers.
+	ml, err := s.conn.MemberList(ctx, clientv3.WithSerializable())
+	if err != nil {
+		return Health{}, wrapErr("member list", err)
+	}
+	for _, m := range ml.Members {
+		if m.ID == st.Header.GetMemberId() && len(m.ClientURLs) > 0 {
+			h.Endpoint = m.ClientURLs[0]
+		}
+		if m.IsLearner || len(m.PeerURLs) == 0 {
+			continue // not a voter, or not started yet
+		}
+		addr := peerAddr(m.PeerURLs[0])
+		h.Peers = append(h.Peers, addr)
+		if m.ID == st.Leader {
+			h.LeaderAddr = addr
+		}
+	}
+	if h.Endpoint == "" {
+		h.Endpoint = fmt.Sprintf("member %x", st.Header.GetMemberId())
+	}
+	return h, nil
 }
 
 // peerAddr is the host:port of a member's peer URL, as Consul names its

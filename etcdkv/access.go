@@ -104,7 +104,7 @@ func (s *Source) watchAuth() {
 	)
 	for {
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		ctx, cancel := context.WithTimeout(s.stopCtx, s.cfg.RequestTimeout)
 		resp, err := s.conn.AuthStatus(ctx)
 		cancel()
 		switch {

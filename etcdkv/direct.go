@@ -2,12 +2,16 @@ package etcdkv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
+	"time"
 
 	"github.com/watchcache/watchcache"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
 )
 
 // ReadKey is a consistent read of req's key, for callers that must see the
@@ -47,21 +51,51 @@ func (k *Kinds) ReadKeys(ctx context.Context, req watchcache.Request) (KeyList, 
 // the source's own connection, whose balancer skips members it cannot
 // reach (so one member down does not fail it), and returns that member's
 // view of the store's revision and leader, with the cluster's members.
+//
+// When no member answers, the error says why, endpoint by endpoint (a name
+// that does not resolve, a refused connection, TLS), rather than the
+// client's "context deadline exceeded". When the source's own credentials
+// have not been accepted yet, Health logs in, and an error says if etcd
+// refuses them.
 func (s *Source) Health(ctx context.Context) (Health, error) {
 	if s.isClosed() {
 		return Health{}, ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	// Half of the caller's time at most, so that the other half can tell
+	// why etcd did not answer.
+	timeout := s.cfg.RequestTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d)/2)
+	}
+	if s.conn.ActiveConnection().GetState() == connectivity.TransientFailure {
+		// No member is reachable now: say why at once rather than after
+		// the client's retries (a readiness probe may not wait that long).
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+		cause := s.diagnose(dctx)
+		cancel()
+		if cause != nil {
+			return Health{}, wrapErr("status", cause)
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	mt := clientv3.NewMaintenanceFromMaintenanceClient(pb.NewMaintenanceClient(s.conn.ActiveConnection()), s.conn)
-	st, err := mt.Status(ctx, "")
+	st, err := mt.Status(s.own.ctx(sctx), "")
+	if err != nil && s.own.password == "" && errors.Is(rpctypes.Error(err), rpctypes.ErrUserEmpty) {
+		return Health{}, wrapErr("status", fmt.Errorf("etcd's authentication is on and requires a user even for its status; give the source its own (Config.Username, with no permissions needed): %w", err))
+	}
 	if err != nil {
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+		defer cancel()
+		if cause := s.diagnose(dctx); cause != nil {
+			err = fmt.Errorf("%w: %w", err, cause)
+		}
 		return Health{}, wrapErr("status", err)
 	}
 	h := Health{Revision: st.Header.GetRevision(), Leader: st.Leader != 0}
 	// The members as the member that answered knows them, without asking
 	// the leader: a cluster without one still lists its peers.
-	ml, err := s.conn.MemberList(ctx, clientv3.WithSerializable())
+	ml, err := s.conn.MemberList(s.own.ctx(sctx), clientv3.WithSerializable())
 	if err != nil {
 		return Health{}, wrapErr("member list", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -55,8 +56,16 @@ const (
 
 // Config configures a Source. Only Endpoints is required.
 type Config struct {
-	// Endpoints are the etcd client URLs, e.g. "http://127.0.0.1:2379".
+	// Endpoints are the etcd client URLs, e.g. "http://127.0.0.1:2379" or
+	// "https://etcd-0.example:2379" (see ValidateEndpoints).
 	Endpoints []string
+
+	// TLS, if set, is the client side of TLS to etcd: the CA that signed
+	// the servers' certificates (RootCAs; nil means the system's) and the
+	// client certificate etcd may require (Certificates). Endpoints must
+	// then be https:// (or host:port). An https:// endpoint without TLS
+	// uses the system's CAs and no client certificate.
+	TLS *tls.Config
 
 	// Username and Password are the source's own identity, used for
 	// requests with the zero Partition. Empty means anonymous, which works
@@ -140,6 +149,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	if len(cfg.Endpoints) == 0 {
 		return cfg, invalidf("Config.Endpoints is empty")
 	}
+	if err := ValidateEndpoints(cfg.Endpoints, cfg.TLS != nil); err != nil {
+		return cfg, err
+	}
 	for _, d := range []struct {
 		name string
 		v    *time.Duration
@@ -216,7 +228,9 @@ type Source struct {
 	pool    map[string]*identity
 	lru     list.List // pooled identities, most recently used first
 	closed  bool
-	stopJan chan struct{}  // closed by Close to stop the janitor and the auth watcher
+	stopJan chan struct{}   // closed by Close to stop the janitor and the auth watcher
+	stopCtx context.Context // cancelled by Close: ends the background work's requests
+	stopBg  context.CancelFunc
 	bg      sync.WaitGroup // the source's goroutines; Close waits for them
 }
 
@@ -239,8 +253,10 @@ func New(cfg Config) (*Source, error) {
 		return nil, fmt.Errorf("etcdkv: %w", err)
 	}
 	s.auth.init()
+	s.stopCtx, s.stopBg = context.WithCancel(context.Background())
 	cc := clientv3.Config{
 		Endpoints:   cfg.Endpoints,
+		TLS:         cfg.TLS,
 		DialTimeout: cfg.DialTimeout,
 		// The client logs retries at warn level on its own; the source
 		// reports what matters through slog.
@@ -251,6 +267,7 @@ func New(cfg Config) (*Source, error) {
 		if cc.Username != "" || cc.Password != "" || cc.Token != "" {
 			return nil, invalidf("Config.ConfigureClient set client credentials; set Config.Username and Password instead (every identity shares the client)")
 		}
+		s.cfg.TLS = cc.TLS // what diagnose must connect with
 	}
 	// After ConfigureClient, which may replace DialOptions: without it an
 	// identity whose token etcd invalidated would fail instead of renewing.
@@ -260,9 +277,17 @@ func New(cfg Config) (*Source, error) {
 	}
 	s.own = &identity{s: s, user: cfg.Username, password: cfg.Password}
 	if cfg.Username != "" {
-		if err := s.own.renew(context.Background(), ""); err != nil {
+		// Refused credentials are a configuration error; an etcd that does
+		// not answer yet is not: the first request that needs the token
+		// gets one (renewInterceptor), and Health says why etcd does not
+		// answer meanwhile.
+		err := s.own.renew(context.Background(), "")
+		if errors.Is(err, ErrAuthFailed) {
 			s.conn.Close()
 			return nil, fmt.Errorf("etcdkv: the source's own identity %q: %w", cfg.Username, err)
+		}
+		if err != nil {
+			s.log.Warn("etcd does not answer yet; the source's own identity will log in when it does", "user", cfg.Username, "err", err)
 		}
 	}
 	s.goBackground(s.janitor)
@@ -285,6 +310,7 @@ func (s *Source) Close() error {
 	s.mu.Unlock()
 
 	close(s.stopJan)
+	s.stopBg()
 	s.bg.Wait()
 	if err := s.conn.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcdkv: closing the client: %w", err)

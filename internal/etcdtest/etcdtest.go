@@ -23,6 +23,7 @@ package etcdtest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
@@ -35,6 +36,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
@@ -94,6 +96,9 @@ type options struct {
 	members   int
 	logger    *zap.Logger
 	configure []func(*embed.Config)
+
+	serverTLS *transport.TLSInfo // nil: clients talk plain http
+	clientTLS *tls.Config
 }
 
 // WithMembers sets the number of members of the cluster (default 1). Use an
@@ -108,6 +113,14 @@ func WithMembers(n int) Option {
 // testing.T (zaptest) must belong to the test that called Start.
 func WithLogger(lg *zap.Logger) Option {
 	return func(o *options) { o.logger = lg }
+}
+
+// WithClientTLS makes the members serve clients over TLS only (https://
+// endpoints) with server (set ClientCertAuth to require client
+// certificates), and the harness's own clients (Client, EnableAuth, ...)
+// connect with client. Members talk to each other in plain http.
+func WithClientTLS(server transport.TLSInfo, client *tls.Config) Option {
+	return func(o *options) { o.serverTLS, o.clientTLS = &server, client }
 }
 
 // WithConfig lets a test adjust the embed configuration of every member, for
@@ -216,7 +229,7 @@ func (c *Cluster) bootstrap() error {
 		}
 		members[i] = &member{
 			name:      name,
-			clientURL: url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(clientPort)},
+			clientURL: url.URL{Scheme: c.clientScheme(), Host: "127.0.0.1:" + strconv.Itoa(clientPort)},
 			peerURL:   url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(peerPort)},
 			dir:       dir,
 		}
@@ -248,6 +261,10 @@ func (c *Cluster) config(m *member) *embed.Config {
 	cfg.InitialClusterToken = c.token
 	cfg.ClusterState = embed.ClusterStateFlagNew
 
+	if c.opts.serverTLS != nil {
+		cfg.ClientTLSInfo = *c.opts.serverTLS
+	}
+
 	cfg.TickMs = tickMs
 	cfg.ElectionMs = electionMs
 	cfg.BcryptCost = bcryptMinCost
@@ -269,6 +286,14 @@ func (c *Cluster) config(m *member) *embed.Config {
 		fn(cfg)
 	}
 	return cfg
+}
+
+// clientScheme is the scheme of the members' client URLs.
+func (c *Cluster) clientScheme() string {
+	if c.opts.serverTLS != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // startMember starts a run of member m. It does not wait for it to be ready.
@@ -666,6 +691,9 @@ func (c *Cluster) newClient(opts ...ClientOption) (*clientv3.Client, error) {
 				MinConnectTimeout: 5 * time.Second,
 			}),
 		},
+	}
+	if c.opts.clientTLS != nil {
+		cfg.TLS = c.opts.clientTLS.Clone()
 	}
 	for _, opt := range opts {
 		opt(&cfg)

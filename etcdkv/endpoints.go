@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/watchcache/watchcache"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -51,27 +52,38 @@ func (ep endpoint) usesTLS(tlsConfigured bool) bool {
 // do what it says.
 func ValidateEndpoints(eps []string, tlsConfigured bool) error {
 	if len(eps) == 0 {
-		return invalidf("no endpoints")
+		return endpointErrorf("no endpoints")
 	}
 	var first endpoint
 	for i, raw := range eps {
 		ep, err := parseEndpoint(raw)
 		if err != nil {
-			return invalidf("endpoint %q: %v", raw, err)
+			return endpointErrorf("endpoint %q: %v", raw, err)
 		}
 		if i == 0 {
 			first = ep
 			continue
 		}
 		if ep.usesTLS(tlsConfigured) != first.usesTLS(tlsConfigured) {
-			return invalidf("endpoints %q and %q: one uses TLS and the other does not; the etcd client would use the first one's for both", first.raw, raw)
+			return endpointErrorf("endpoints %q and %q: one uses TLS and the other does not; the etcd client would use the first one's for both", first.raw, raw)
 		}
 	}
 	if tlsConfigured && !first.usesTLS(true) {
-		return invalidf("endpoint %q is plain %s, but TLS is configured: use https:// (or unixs://)", first.raw, first.scheme)
+		return endpointErrorf("endpoint %q is plain %s, but TLS is configured: use https:// (or unixs://)", first.raw, first.scheme)
 	}
 	return nil
 }
+
+// endpointError is a bad endpoint list: an ErrInvalid whose message is only
+// what is wrong, for a command line to show as it is.
+type endpointError struct{ msg string }
+
+func endpointErrorf(format string, args ...any) error {
+	return &endpointError{fmt.Sprintf(format, args...)}
+}
+
+func (e *endpointError) Error() string        { return "etcdkv: " + e.msg }
+func (e *endpointError) Is(target error) bool { return target == watchcache.ErrInvalid }
 
 // parseEndpoint parses one endpoint.
 func parseEndpoint(raw string) (endpoint, error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,13 @@ const (
 // agentOptions is the agent's configuration from its flags and environment.
 type agentOptions struct {
 	httpAddr        string
+	httpScheme      string // the scheme -http-addr was given with, if any
+	tlsCert         string // the agent's HTTPS certificate and key
+	tlsKey          string
+	tlsClientCA     string // CAs of the client certificates the agent requires
+	etcdCA          string // TLS to etcd
+	etcdCert        string
+	etcdKey         string
 	dev             bool
 	devEtcdAddr     string
 	etcd            []string
@@ -83,10 +91,16 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 	}
 	c := newCommand("agent", "(-dev | -etcd host:port,...) [options]", agentAbout, stderr)
 	fs := c.fs
-	fs.Var(listenAddrValue{&o.httpAddr}, "http-addr", "`host:port` (or http://host:port) of the HTTP API; keep it on loopback unless\nthe network is trusted: the API has no TLS")
+	fs.Var(listenAddrValue{&o.httpAddr, &o.httpScheme}, "http-addr", "`host:port` (or http:// or https://host:port) of the HTTP API; keep it on\nloopback unless the network is trusted or -tls-cert is given")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "certificate `file` (PEM): serve the API over HTTPS; reloaded when the file changes")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "key `file` (PEM) of -tls-cert")
+	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA certificates `file` (PEM): require client certificates signed by one of them")
 	fs.BoolVar(&o.dev, "dev", false, "run a throwaway embedded etcd (development)")
 	fs.Var(hostPortValue{&o.devEtcdAddr}, "dev-etcd-addr", "`host:port` of the embedded etcd's clients with -dev")
-	fs.Var(listValue{&o.etcd}, "etcd", "comma-separated `endpoints` of an etcd cluster")
+	fs.Var(listValue{&o.etcd}, "etcd", "comma-separated `endpoints` of an etcd cluster: http://host:2379, https://host:2379")
+	fs.StringVar(&o.etcdCA, "etcd-cacert", "", "CA certificate `file` to verify etcd's certificates (default: the system's)")
+	fs.StringVar(&o.etcdCert, "etcd-cert", "", "client certificate `file` the agent presents to etcd")
+	fs.StringVar(&o.etcdKey, "etcd-key", "", "key `file` of -etcd-cert")
 	fs.StringVar(&o.etcdUsername, "etcd-username", "", "the agent's own etcd `user` (empty: anonymous)")
 	fs.StringVar(&o.etcdPassword, "etcd-password", "", "the agent's own etcd `password`; prefer the variable")
 	fs.StringVar(&o.tokensFile, "tokens", "", "`file` mapping X-Consul-Token values to etcd users:\n{\"tokens\": [{\"token\": ..., \"user\": ..., \"password\": ...}]}")
@@ -104,7 +118,8 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 	fs.StringVar(&o.consulKey, "consul-key", "", "client key `file` for -consul-cert")
 	fs.StringVar(&o.datacenter, "datacenter", defaultDatacenter, "`name` of the datacenter the agent answers ?dc= for")
 	fs.Var(durationValue{&o.shutdownTimeout}, "shutdown-timeout", "`duration` open requests may take to finish on shutdown")
-	c.withEnv("http-addr", "dev", "dev-etcd-addr", "etcd", "etcd-username", "etcd-password", "tokens",
+	c.withEnv("http-addr", "tls-cert", "tls-key", "tls-client-ca", "etcd-cacert", "etcd-cert", "etcd-key",
+		"dev", "dev-etcd-addr", "etcd", "etcd-username", "etcd-password", "tokens",
 		"log-level", "entry-fetch-rate", "entry-fetch-burst", "max-entries", "max-identities", "access-check",
 		"auth-check-interval", "consul", "consul-token", "consul-cacert", "consul-cert", "consul-key", "datacenter", "shutdown-timeout")
 
@@ -128,6 +143,32 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 		return o, c.usageErrorf("%s is for -dev", c.source("dev-etcd-addr")), false
 	case o.datacenter == "":
 		return o, c.usageErrorf("%s is empty", c.source("datacenter")), false
+	case (o.tlsCert == "") != (o.tlsKey == ""):
+		return o, c.usageErrorf("%s and %s go together", c.source("tls-cert"), c.source("tls-key")), false
+	case o.tlsClientCA != "" && o.tlsCert == "":
+		return o, c.usageErrorf("%s needs -tls-cert and -tls-key: client certificates are checked over HTTPS", c.source("tls-client-ca")), false
+	case o.httpScheme == "https" && o.tlsCert == "":
+		return o, c.usageErrorf("%s is https://: give -tls-cert and -tls-key", c.source("http-addr")), false
+	case o.httpScheme == "http" && o.tlsCert != "":
+		return o, c.usageErrorf("%s is http://, but -tls-cert serves HTTPS: give host:port or https://", c.source("http-addr")), false
+	case len(o.etcd) == 0 && (o.etcdCA != "" || o.etcdCert != "" || o.etcdKey != ""):
+		return o, c.usageErrorf("-etcd-cacert, -etcd-cert and -etcd-key are for -etcd"), false
+	case (o.etcdCert == "") != (o.etcdKey == ""):
+		return o, c.usageErrorf("%s and %s go together", c.source("etcd-cert"), c.source("etcd-key")), false
+	}
+	if len(o.etcd) > 0 {
+		if _, err := clientTLS(o.etcdCA, o.etcdCert, o.etcdKey); err != nil {
+			return o, c.usageErrorf("etcd TLS: %v", err), false
+		}
+		tlsGiven := o.etcdCA != "" || o.etcdCert != ""
+		if err := etcdkv.ValidateEndpoints(o.etcd, tlsGiven); err != nil {
+			return o, c.usageErrorf("%s: %v", c.source("etcd"), strings.TrimPrefix(err.Error(), "etcdkv: ")), false
+		}
+	}
+	if o.tlsCert != "" {
+		if _, err := serverTLS(o.tlsCert, o.tlsKey, o.tlsClientCA, slog.New(slog.DiscardHandler)); err != nil {
+			return o, c.usageErrorf("HTTPS (-tls-cert, -tls-key, -tls-client-ca): %v", err), false
+		}
 	}
 	if o.tokensFile != "" {
 		tokens, err := etcdkv.LoadTokens(o.tokensFile)
@@ -170,7 +211,14 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 			ln.Close()
 		}
 	}()
-	if !isLoopback(ln.Addr()) {
+	var srvTLS *tls.Config
+	scheme := "http"
+	if o.tlsCert != "" {
+		if srvTLS, err = serverTLS(o.tlsCert, o.tlsKey, o.tlsClientCA, log); err != nil {
+			return fmt.Errorf("HTTPS: %w", err)
+		}
+		scheme = "https"
+	} else if !isLoopback(ln.Addr()) {
 		log.Warn("the HTTP API is reachable from other machines, without TLS", "addr", ln.Addr().String())
 	}
 
@@ -211,8 +259,13 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 			Logger:        log,
 		}, o.cacheConfig(log))
 	} else {
+		var etcdTLS *tls.Config
+		if etcdTLS, err = clientTLS(o.etcdCA, o.etcdCert, o.etcdKey); err != nil {
+			return fmt.Errorf("etcd TLS: %w", err)
+		}
 		up, err = upstream.OpenEtcd(etcdkv.Config{
 			Endpoints:         endpoints,
+			TLS:               etcdTLS,
 			Username:          o.etcdUsername,
 			Password:          o.etcdPassword,
 			MaxIdentities:     o.maxIdentities,
@@ -241,8 +294,14 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 	}
 	serveErr := make(chan error, 1) // the Serve goroutine sends once
 	served = true
-	go func() { serveErr <- a.Serve(ln) }()
-	fmt.Fprintf(stdout, "watchcache agent: HTTP API on http://%s, %s\n", ln.Addr(), where)
+	go func() {
+		if srvTLS != nil {
+			serveErr <- a.ServeTLS(ln, srvTLS)
+		} else {
+			serveErr <- a.Serve(ln)
+		}
+	}()
+	fmt.Fprintf(stdout, "watchcache agent: HTTP API on %s://%s, %s\n", scheme, ln.Addr(), where)
 
 	var failure error
 	select {

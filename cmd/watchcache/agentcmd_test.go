@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/watchcache/watchcache/etcdkv"
+	"github.com/watchcache/watchcache/internal/tlstest"
 )
 
 // defaultsWith returns the agent's default options changed by mod.
@@ -72,7 +73,7 @@ func TestAgentOptions(t *testing.T) {
 			o.datacenter, o.shutdownTimeout = "us2", time.Minute
 		})},
 		{"http address as a URL, as the clients take it", []string{"-dev"}, map[string]string{"WATCHCACHE_HTTP_ADDR": "http://127.0.0.1:9500"},
-			defaultsWith(func(o *agentOptions) { o.dev, o.httpAddr = true, "127.0.0.1:9500" })},
+			defaultsWith(func(o *agentOptions) { o.dev, o.httpAddr, o.httpScheme = true, "127.0.0.1:9500", "http" })},
 		{"dev from the environment", nil, map[string]string{"WATCHCACHE_DEV": "true", "WATCHCACHE_DEV_ETCD_ADDR": "127.0.0.1:3379"},
 			defaultsWith(func(o *agentOptions) { o.dev, o.devEtcdAddr = true, "127.0.0.1:3379" })},
 		{"flags win over variables", []string{"-dev", "-http-addr", "127.0.0.1:1", "-log-level", "error", "-entry-fetch-rate", "0"},
@@ -101,6 +102,7 @@ func TestAgentOptions(t *testing.T) {
 // A bad flag, variable or combination stops the agent before it starts
 // anything, with status 2 and a message that names the culprit.
 func TestAgentOptionErrors(t *testing.T) {
+	ca := tlstest.NewCA(t, "ca")
 	badTokens := filepath.Join(t.TempDir(), "tokens.json")
 	if err := os.WriteFile(badTokens, []byte(`{"tokens": [{"token": "t1"}]}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -127,7 +129,19 @@ func TestAgentOptionErrors(t *testing.T) {
 		{"zero duration", []string{"-dev", "-shutdown-timeout", "0s"}, nil, []string{"-shutdown-timeout", "must be positive"}},
 		{"http addr without port", []string{"-dev", "-http-addr", "localhost"}, nil, []string{"-http-addr", "not host:port"}},
 		{"http port out of range", []string{"-dev", "-http-addr", "127.0.0.1:99999"}, nil, []string{"-http-addr", `port "99999"`}},
-		{"https address", []string{"-dev", "-http-addr", "https://127.0.0.1:8501"}, nil, []string{"-http-addr", "the agent serves plain HTTP"}},
+		{"https address without a certificate", []string{"-dev", "-http-addr", "https://127.0.0.1:8501"}, nil, []string{"-http-addr is https://: give -tls-cert and -tls-key"}},
+		{"http address with a certificate", []string{"-dev", "-http-addr", "http://127.0.0.1:8501", "-tls-cert", "c.pem", "-tls-key", "k.pem"}, nil, []string{"-http-addr is http://, but -tls-cert serves HTTPS"}},
+		{"certificate without key", []string{"-dev", "-tls-cert", "c.pem"}, nil, []string{"-tls-cert and -tls-key go together"}},
+		{"client CA without certificate", []string{"-dev", "-tls-client-ca", "ca.pem"}, nil, []string{"-tls-client-ca needs -tls-cert"}},
+		{"missing certificate file", []string{"-dev", "-tls-cert", "/nonexistent/c.pem", "-tls-key", "/nonexistent/k.pem"}, nil, []string{"HTTPS", "/nonexistent/c.pem", "no such file"}},
+		{"etcd TLS without etcd", []string{"-dev", "-etcd-cacert", "ca.pem"}, nil, []string{"-etcd-cacert, -etcd-cert and -etcd-key are for -etcd"}},
+		{"etcd cert without key", []string{"-etcd", "https://x:2379", "-etcd-cert", "c.pem"}, nil, []string{"-etcd-cert and -etcd-key go together"}},
+		{"missing etcd CA file", []string{"-etcd", "https://x:2379", "-etcd-cacert", "/nonexistent/ca.pem"}, nil, []string{"etcd TLS", "/nonexistent/ca.pem"}},
+		{"not a CA file", []string{"-etcd", "https://x:2379", "-etcd-cacert", badTokens}, nil, []string{"etcd TLS", "no PEM certificate"}},
+		{"etcd endpoints separated by a space", []string{"-etcd", "http://a:2379 http://b:2379"}, nil, []string{"-etcd", `endpoint "http://a:2379 http://b:2379": contains a space`}},
+		{"etcd endpoint without a port", []string{"-etcd", "http://a"}, nil, []string{"-etcd", `endpoint "http://a": not host:port`}},
+		{"etcd endpoint scheme", []string{"-etcd", "tcp://a:2379"}, nil, []string{"-etcd", `scheme "tcp"`}},
+		{"plain etcd with TLS", []string{"-etcd", "http://a:2379", "-etcd-cacert", ca.CertFile}, nil, []string{"-etcd", "plain http, but TLS is configured"}},
 		{"URL without port", []string{"-dev", "-http-addr", "http://localhost"}, nil, []string{"-http-addr", "not host:port"}},
 		{"bad dev etcd addr", []string{"-dev", "-dev-etcd-addr", "2379"}, nil, []string{"-dev-etcd-addr", "not host:port"}},
 		{"empty etcd list", []string{"-etcd", " , "}, nil, []string{"-etcd", "empty list"}},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,10 +16,15 @@ import (
 
 // clientOptions are the flags of the commands that talk to an agent.
 type clientOptions struct {
-	httpAddr string // host:port or http(s)://host:port
-	token    string
-	user     string
-	password string
+	httpAddr   string // host:port or http(s)://host:port
+	token      string
+	user       string
+	password   string
+	caFile     string // TLS: the agent's CA, and a client certificate
+	clientCert string
+	clientKey  string
+
+	tls *tls.Config // built by check from the three above; nil for none
 }
 
 // register defines the client flags on c, with their variables.
@@ -28,13 +34,24 @@ func (o *clientOptions) register(c *command) {
 	c.fs.StringVar(&o.token, "token", "", "`token` sent as X-Consul-Token (the agent maps it to an etcd user)")
 	c.fs.StringVar(&o.user, "user", "", "etcd `user` for HTTP basic auth (instead of -token)")
 	c.fs.StringVar(&o.password, "password", "", "`password` of -user; prefer the variable")
-	c.withEnv("http-addr", "token", "user", "password")
+	c.fs.StringVar(&o.caFile, "ca-file", "", "CA certificate `file` (PEM) to verify an https:// agent (default: the system's)")
+	c.fs.StringVar(&o.clientCert, "client-cert", "", "client certificate `file` (PEM) for an agent that requires one")
+	c.fs.StringVar(&o.clientKey, "client-key", "", "key `file` (PEM) of -client-cert")
+	c.withEnv("http-addr", "token", "user", "password", "ca-file", "client-cert", "client-key")
 }
 
-// check validates the options; it returns a usage error message or "".
+// check validates the options and loads the TLS files; it returns a usage
+// error message or "".
 func (o *clientOptions) check(c *command) string {
-	if _, err := parseAgentURL(o.httpAddr); err != nil {
+	u, err := parseAgentURL(o.httpAddr)
+	if err != nil {
 		return fmt.Sprintf("%s: %v", c.source("http-addr"), err)
+	}
+	if o.tls, err = clientTLS(o.caFile, o.clientCert, o.clientKey); err != nil {
+		return fmt.Sprintf("TLS (-ca-file, -client-cert, -client-key): %v", err)
+	}
+	if o.tls != nil && u.Scheme != "https" {
+		return fmt.Sprintf("-ca-file, -client-cert and -client-key are for an https:// agent; %s is %s", c.source("http-addr"), u)
 	}
 	switch {
 	case o.token != "" && o.user != "":
@@ -88,6 +105,8 @@ func newAgentClient(o clientOptions, timeout time.Duration) *agentClient {
 		ResponseHeaderTimeout: time.Minute,
 		MaxIdleConnsPerHost:   2,
 		IdleConnTimeout:       30 * time.Second,
+		TLSClientConfig:       o.tls,
+		ForceAttemptHTTP2:     true,
 	}
 	hc := &http.Client{Transport: &identityTransport{base: tr, opts: o}, Timeout: timeout}
 	return &agentClient{base: base, hc: hc, tr: tr}

@@ -18,13 +18,18 @@ func waitReady(t *testing.T, addr string, exited <-chan int, stderr *syncBuffer)
 	t.Helper()
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	waitReadyURL(t, "http://"+addr, &http.Client{Transport: tr, Timeout: 5 * time.Second}, exited, stderr)
+}
+
+// waitReadyURL is waitReady for the agent at base, asked with hc.
+func waitReadyURL(t *testing.T, base string, hc *http.Client, exited <-chan int, stderr *syncBuffer) {
+	t.Helper()
 	deadline := time.NewTimer(waitFor)
 	defer deadline.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if resp, err := hc.Get("http://" + addr + "/v1/status"); err == nil {
+		if resp, err := hc.Get(base + "/v1/status"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return

@@ -246,9 +246,13 @@ func checkHostPort(s string) error {
 }
 
 // listenAddrValue is the agent's listen address: host:port, or
-// http://host:port as the commands that talk to the agent take it
-// (WATCHCACHE_HTTP_ADDR serves both).
-type listenAddrValue struct{ p *string }
+// http://host:port or https://host:port as the commands that talk to the
+// agent take it (WATCHCACHE_HTTP_ADDR serves both). scheme records the
+// scheme given, "" for none.
+type listenAddrValue struct {
+	p      *string
+	scheme *string
+}
 
 func (v listenAddrValue) String() string {
 	if v.p == nil {
@@ -262,10 +266,10 @@ func (v listenAddrValue) Set(s string) error {
 	if err != nil {
 		return err
 	}
-	if u.Scheme != "http" {
-		return errors.New("the agent serves plain HTTP: give host:port")
+	*v.p, *v.scheme = u.Host, ""
+	if strings.Contains(s, "://") {
+		*v.scheme = u.Scheme
 	}
-	*v.p = u.Host
 	return nil
 }
 

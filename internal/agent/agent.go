@@ -21,6 +21,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -103,6 +104,9 @@ type Agent struct {
 	stopCancel context.CancelFunc
 	stopOnce   sync.Once
 
+	probeOnce sync.Once     // the first Serve starts probeStore
+	probed    chan struct{} // closed when probeStore returns
+
 	blocked        atomic.Int64 // blocking queries waiting now
 	droppedStreams prometheus.Counter
 }
@@ -148,6 +152,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.stopCtx, a.stopCancel = context.WithCancel(context.Background())
+	a.probed = make(chan struct{})
 	a.metrics = promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry})
 	a.srv = &http.Server{
 		Handler:           a,
@@ -190,7 +195,18 @@ func (a *Agent) route(w http.ResponseWriter, r *http.Request) {
 // http.ErrServerClosed after a Shutdown.
 func (a *Agent) Serve(ln net.Listener) error {
 	a.log.Info("watchcache agent serving", "addr", ln.Addr().String(), "upstream", a.store.Describe())
+	a.startProbe()
 	return a.srv.Serve(ln)
+}
+
+// ServeTLS is Serve over TLS with cfg (which sets the certificate, and
+// client certificates if they are required); HTTP/2 is offered.
+func (a *Agent) ServeTLS(ln net.Listener, cfg *tls.Config) error {
+	a.srv.TLSConfig = cfg.Clone()
+	a.log.Info("watchcache agent serving HTTPS", "addr", ln.Addr().String(), "upstream", a.store.Describe(),
+		"client_certificates", cfg.ClientAuth == tls.RequireAndVerifyClientCert)
+	a.startProbe()
+	return a.srv.ServeTLS(ln, "", "")
 }
 
 // Shutdown stops the agent: it stops accepting connections, answers
@@ -201,8 +217,21 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 	a.stopOnce.Do(func() {
 		a.stopCancel()
 		err = a.srv.Shutdown(ctx)
+		a.probeOnce.Do(func() { close(a.probed) }) // never started
+		select {
+		case <-a.probed:
+		case <-ctx.Done():
+			if err == nil {
+				err = ctx.Err()
+			}
+		}
 	})
 	return err
+}
+
+// startProbe starts probeStore, once.
+func (a *Agent) startProbe() {
+	a.probeOnce.Do(func() { go a.probeStore() })
 }
 
 // isStopping reports whether Shutdown began.

@@ -517,6 +517,38 @@ func TestStatusAndMetrics(t *testing.T) {
 	})
 }
 
+// From its first Serve the agent asks the store how it is until it
+// answers, and logs why it does not: each new cause at warn level, a
+// repeated one at debug, and the answer at info.
+func TestStartupProbe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var buf syncBuffer
+		log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		_, store := memAgentLogging(t, nil, log, func(s *memstore.Store) { s.SetDown(true) })
+		synctest.Wait()
+		if out := buf.String(); !strings.Contains(out, "level=WARN msg=\"the store does not answer") || !strings.Contains(out, memstore.ErrDown.Error()) {
+			t.Fatalf("no warning with the cause:\n%s", out)
+		}
+		time.Sleep(probeFirstGap)
+		synctest.Wait()
+		if out := buf.String(); strings.Count(out, "level=WARN") != 1 || !strings.Contains(out, "level=DEBUG msg=\"the store still does not answer") {
+			t.Fatalf("a repeated cause is not logged at debug level only:\n%s", out)
+		}
+		store.SetDown(false)
+		time.Sleep(2 * probeFirstGap)
+		synctest.Wait()
+		if out := buf.String(); !strings.Contains(out, "level=INFO msg=\"the store answers\" upstream=memory endpoint=memory leader=memory") {
+			t.Fatalf("no line when the store answered:\n%s", out)
+		}
+		before := buf.String()
+		time.Sleep(probeMaxGap)
+		synctest.Wait()
+		if after := buf.String(); after != before {
+			t.Fatalf("the probe went on after the store answered:\n%s", strings.TrimPrefix(after, before))
+		}
+	})
+}
+
 // /v1/status/leader and /v1/status/peers answer as Consul does, to the real
 // client, and /readyz is 200 "ok"; while the store does not answer, all
 // three are 503 with the reason, and /readyz is 503 once Shutdown began.

@@ -22,8 +22,9 @@ func memAgent(t *testing.T, users map[string]memstore.User) (*testAgent, *memsto
 	return memAgentLogging(t, users, testLogger())
 }
 
-// memAgentLogging is memAgent with the agent's logs going to log.
-func memAgentLogging(t *testing.T, users map[string]memstore.User, log *slog.Logger) (*testAgent, *memstore.Store) {
+// memAgentLogging is memAgent with the agent's logs going to log; prepare
+// runs on the store before the agent serves.
+func memAgentLogging(t *testing.T, users map[string]memstore.User, log *slog.Logger, prepare ...func(*memstore.Store)) (*testAgent, *memstore.Store) {
 	t.Helper()
 	reg := NewRegistry()
 	cache, err := watchcache.New(watchcache.Options{Logger: testLogger(), Registerer: reg})
@@ -34,6 +35,9 @@ func memAgentLogging(t *testing.T, users map[string]memstore.User, log *slog.Log
 	store, err := memstore.New(cache, users)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, p := range prepare {
+		p(store)
 	}
 	a, err := New(Config{Store: store, Cache: cache, Registry: reg, Logger: log,
 		HeartbeatInterval: time.Second, WriteTimeout: 2 * time.Second})

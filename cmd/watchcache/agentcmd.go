@@ -316,10 +316,19 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 		}
 		failure = fmt.Errorf("embedded etcd failed: %w", err)
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	hurry := hurryFrom(ctx)
+	sctx, cancel := context.WithTimeout(hurry, o.shutdownTimeout)
 	defer cancel()
-	if err := a.Shutdown(sctx); err != nil && failure == nil {
-		failure = fmt.Errorf("shutdown: %w", err)
+	if err := a.Shutdown(sctx); err != nil {
+		// Requests still open are cut: the store and the embedded etcd
+		// are closed next, whatever they were doing.
+		a.Close()
+		switch {
+		case hurry.Err() != nil:
+			log.Warn("open requests were cut short")
+		case failure == nil:
+			failure = fmt.Errorf("shutdown: open requests did not finish within -shutdown-timeout %v: %w", o.shutdownTimeout, err)
+		}
 	}
 	if serveErr != nil {
 		// Serve returns as soon as Shutdown has closed the listener.

@@ -19,6 +19,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/watchcache/watchcache/internal/devetcd"
 )
 
 // Exit statuses.
@@ -29,13 +31,59 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// After the first signal, restore the default handling so that a
-	// second one kills a shutdown that hangs.
-	context.AfterFunc(ctx, stop)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
-	stop()
-	os.Exit(code)
+	os.Exit(runMain(os.Args[1:]))
+}
+
+// runMain runs the command line with the process's signals: SIGINT or
+// SIGTERM asks for a clean stop (the agent finishes open requests, within
+// -shutdown-timeout); a second one hurries it (open requests are cut, but
+// the cleanup still runs: the dev agent's etcd is stopped and its data
+// removed); a third exits at once, removing the dev data first.
+func runMain(args []string) int {
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	hurry, hurryNow := context.WithCancel(context.Background())
+	defer hurryNow()
+	sigs := make(chan os.Signal, 3)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		n := 0
+		for sig := range sigs {
+			switch n++; n {
+			case 1:
+				stop()
+			case 2:
+				fmt.Fprintf(os.Stderr, "watchcache: second %v: cutting open requests short and cleaning up (a third exits at once)\n", sig)
+				hurryNow()
+			default:
+				devetcd.RemoveLiveDirs()
+				fmt.Fprintf(os.Stderr, "watchcache: third %v: exiting at once\n", sig)
+				os.Exit(exitError)
+			}
+		}
+	}()
+	return run(withHurry(ctx, hurry), args, os.Stdout, os.Stderr, os.Getenv)
+}
+
+// hurryKey is the context key of the context whose end hurries a
+// shutdown (withHurry).
+type hurryKey struct{}
+
+// withHurry returns ctx carrying hurry: when the command is stopped
+// (ctx ends) and then hurry ends too, the agent stops waiting for open
+// requests and cleans up at once.
+func withHurry(ctx, hurry context.Context) context.Context {
+	return context.WithValue(ctx, hurryKey{}, hurry)
+}
+
+// hurryFrom returns the context withHurry put in ctx, or one that never
+// ends.
+func hurryFrom(ctx context.Context) context.Context {
+	if h, ok := ctx.Value(hurryKey{}).(context.Context); ok {
+		return h
+	}
+	return context.Background()
 }
 
 // run runs the command line args (without the program name) and returns

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +15,14 @@ import (
 
 // TestMain fails the package if a goroutine of the agent, the embedded
 // etcd or a client outlives the tests.
+//
+// Run with WATCHCACHE_TEST_MAIN=1, the test binary is the watchcache
+// command instead (runMain with its arguments), for tests that need a
+// process of their own: signals.
 func TestMain(m *testing.M) {
+	if os.Getenv("WATCHCACHE_TEST_MAIN") == "1" {
+		os.Exit(runMain(os.Args[1:]))
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -234,5 +234,12 @@ func (a *Agent) startProbe() {
 	a.probeOnce.Do(func() { go a.probeStore() })
 }
 
+// Close closes every connection at once, cutting the requests still open.
+// Use it after a Shutdown that did not finish in time.
+func (a *Agent) Close() error {
+	a.stopCancel()
+	return a.srv.Close()
+}
+
 // isStopping reports whether Shutdown began.
 func (a *Agent) isStopping() bool { return a.stopCtx.Err() != nil }

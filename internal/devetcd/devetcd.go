@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,8 +17,26 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
+// DirPattern is the pattern of the data directories' names, in the
+// system's temporary directory (os.MkdirTemp).
+const DirPattern = "watchcache-dev-etcd-"
+
 // readyTimeout bounds how long the node may take to elect itself leader.
 const readyTimeout = 60 * time.Second
+
+// live holds the data directories of the servers that run, for
+// RemoveLiveDirs.
+var live sync.Map // dir -> struct{}
+
+// RemoveLiveDirs removes the data directory of every server still
+// running, for a process that must exit before it could Close them (a
+// third interrupt). On Linux etcd keeps the files it has open.
+func RemoveLiveDirs() {
+	live.Range(func(dir, _ any) bool {
+		os.RemoveAll(dir.(string))
+		return true
+	})
+}
 
 // Server is a running single-node etcd. The zero value is not usable.
 type Server struct {
@@ -39,10 +58,11 @@ func Start(clientAddr string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("devetcd: finding a free peer port: %w", err)
 	}
-	dir, err := os.MkdirTemp("", "watchcache-dev-etcd-")
+	dir, err := os.MkdirTemp("", DirPattern)
 	if err != nil {
 		return nil, fmt.Errorf("devetcd: %w", err)
 	}
+	live.Store(dir, struct{}{})
 	clientURL := url.URL{Scheme: "http", Host: clientAddr}
 	peerURL := url.URL{Scheme: "http", Host: peerAddr}
 
@@ -64,6 +84,7 @@ func Start(clientAddr string) (*Server, error) {
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
+		live.Delete(dir)
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("devetcd: starting etcd on %s: %w", clientAddr, err)
 	}
@@ -98,6 +119,7 @@ func (s *Server) Close() error {
 	s.closing.Store(true)
 	s.e.Close()
 	<-s.e.Server.StopNotify()
+	defer live.Delete(s.dir)
 	return os.RemoveAll(s.dir)
 }
 

@@ -106,7 +106,6 @@ func newAgentClient(o clientOptions, timeout time.Duration) *agentClient {
 		MaxIdleConnsPerHost:   2,
 		IdleConnTimeout:       30 * time.Second,
 		TLSClientConfig:       o.tls,
-		ForceAttemptHTTP2:     true,
 	}
 	hc := &http.Client{Transport: &identityTransport{base: tr, opts: o}, Timeout: timeout}
 	return &agentClient{base: base, hc: hc, tr: tr}

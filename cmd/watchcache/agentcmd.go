@@ -64,8 +64,9 @@ type agentOptions struct {
 }
 
 const agentAbout = `Runs the agent: Consul's KV HTTP API (/v1/kv/), an event stream of
-changes (/v1/watch/kv/), /v1/status and /metrics, served from one shared
-cache in front of a store. Give exactly one of -dev, -etcd and -consul.
+changes (/v1/watch/kv/), /v1/status, health checks (/readyz, /livez) and
+/metrics, served from one shared cache in front of a store. Give exactly
+one of -dev, -etcd and -consul.
 
   -dev     starts a single-node etcd inside the agent, with its data in a
            temporary directory that is removed on exit. etcdctl works
@@ -75,7 +76,8 @@ cache in front of a store. Give exactly one of -dev, -etcd and -consul.
            cluster, or another watchcache agent (agents chain: edge ->
            regional -> etcd). Request tokens are passed along.
 
-The agent stops cleanly on SIGINT or SIGTERM.`
+The agent stops cleanly on SIGINT or SIGTERM; a second signal cuts the
+requests still open, and a third exits at once.`
 
 // parseAgentOptions parses the agent's flags and environment. ok false
 // means stop with status code (help printed, or a usage error).

@@ -184,6 +184,8 @@ func (a *Agent) route(w http.ResponseWriter, r *http.Request) {
 		a.handleLeader(w, r)
 	case p == "/readyz":
 		a.handleReady(w, r)
+	case p == "/livez":
+		a.handleLive(w, r)
 	case p == "/metrics":
 		a.metrics.ServeHTTP(w, r)
 	default:

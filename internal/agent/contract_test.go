@@ -65,7 +65,11 @@ func TestHTTPBadRequests(t *testing.T) {
 			{"POST", "/v1/kv/k", "", nil, 405, `method not allowed`},
 			{"PUT", "/v1/session/create", "", nil, 400, `/v1/session/create is not served`},
 			{"GET", "/v1/catalog/services", "", nil, 400, `is not served`},
-			{"GET", "/v1/watch/kv/k", "", []string{"Last-Event-ID", "yesterday"}, 400, `Last-Event-ID`},
+			{"GET", "/v1/watch/kv/k", "", []string{"Last-Event-ID", "yesterday"}, 400, `bad Last-Event-ID: "yesterday" is not an index`},
+			{"GET", "/v1/watch/kv/k?index=x", "", nil, 400, `bad query parameter "index": "x" is not an index`},
+			{"GET", "/v1/kv/%ff", "", nil, 400, `bad key: is not valid UTF-8`},
+			{"HEAD", "/livez", "", nil, 200, ``},
+			{"POST", "/readyz", "", nil, 405, `method not allowed`},
 			{"GET", "/v1/watch/kv/k?keys", "", nil, 400, `unknown parameter "keys"`},
 			{"GET", "/v1/kv/k", "", []string{"X-Consul-Token", "t"}, 403, `ACL not found`},
 		} {
@@ -551,7 +555,8 @@ func TestStartupProbe(t *testing.T) {
 
 // /v1/status/leader and /v1/status/peers answer as Consul does, to the real
 // client, and /readyz is 200 "ok"; while the store does not answer, all
-// three are 503 with the reason, and /readyz is 503 once Shutdown began.
+// three are 503 with the reason (/livez stays 200), and /readyz is 503
+// once Shutdown began.
 func TestLeaderPeersReady(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ta, store := memAgent(t, nil)
@@ -566,6 +571,9 @@ func TestLeaderPeersReady(t *testing.T) {
 			t.Fatalf("/readyz = %d %q", resp.StatusCode, body)
 		}
 		store.SetDown(true)
+		if resp, body := ta.do(t, "GET", "/livez", nil); resp.StatusCode != 200 || body != "ok\n" {
+			t.Fatalf("/livez with the store down = %d %q", resp.StatusCode, body)
+		}
 		for _, path := range []string{"/v1/status/leader", "/v1/status/peers", "/readyz"} {
 			resp, body := ta.do(t, "GET", path, nil)
 			if resp.StatusCode != 503 || !strings.Contains(body, memstore.ErrDown.Error()) {

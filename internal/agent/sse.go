@@ -62,14 +62,14 @@ func (a *Agent) handleWatch(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, badf("query parameter", "\"dc\": this agent serves datacenter %q, not %q", a.cfg.Datacenter, dc))
 		return
 	}
-	last := r.Header.Get("Last-Event-ID")
+	last, from := r.Header.Get("Last-Event-ID"), "Last-Event-ID"
 	if last == "" {
-		last = q.Get("index")
+		last, from = q.Get("index"), "query parameter \"index\""
 	}
 	var since uint64
 	if last != "" {
 		if since, err = strconv.ParseUint(last, 10, 64); err != nil {
-			a.writeError(w, r, badf("Last-Event-ID", "%q is not an index", last))
+			a.writeError(w, r, badf(from, "%q is not an index", last))
 			return
 		}
 	}

@@ -84,11 +84,23 @@ func (a *Agent) handleLeader(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(body)
 }
 
+// handleLive serves GET /livez, a liveness check: 200 "ok" as long as the
+// agent serves, at once, whatever the store does (an orchestrator must not
+// restart agents because etcd is down).
+func (a *Agent) handleLive(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		a.writeError(w, r, errMethod)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	io.WriteString(w, "ok\n")
+}
+
 // handleReady serves GET /readyz, a readiness check for load balancers and
 // orchestrators: 200 "ok" while the store answers and has a leader, and
 // 503 with the reason otherwise, and from the moment Shutdown begins (so
-// that traffic drains to other agents). The agent itself answers as long
-// as it runs: a liveness check needs nothing more than /v1/status.
+// that traffic drains to other agents).
 func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		a.writeError(w, r, errMethod)
@@ -121,7 +133,7 @@ func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
 // than a bare 404 that looks like a missing key.
 func (a *Agent) handleUnsupported(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/v1/") {
-		http.Error(w, "watchcache agent: "+r.URL.Path+" is not served; this agent serves /v1/kv/, /v1/watch/kv/, /v1/status, /v1/status/leader, /v1/status/peers, /readyz and /metrics", http.StatusBadRequest)
+		http.Error(w, "watchcache agent: "+r.URL.Path+" is not served; this agent serves /v1/kv/, /v1/watch/kv/, /v1/status, /v1/status/leader, /v1/status/peers, /readyz, /livez and /metrics", http.StatusBadRequest)
 		return
 	}
 	http.NotFound(w, r)

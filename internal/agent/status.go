@@ -88,13 +88,21 @@ func (a *Agent) handleLeader(w http.ResponseWriter, r *http.Request) {
 // agent serves, at once, whatever the store does (an orchestrator must not
 // restart agents because etcd is down).
 func (a *Agent) handleLive(w http.ResponseWriter, r *http.Request) {
+	if a.startCheck(w, r) {
+		io.WriteString(w, "ok\n")
+	}
+}
+
+// startCheck begins the answer to a health check: GET or HEAD, plain text,
+// never cached. It reports false if it answered already (another method).
+func (a *Agent) startCheck(w http.ResponseWriter, r *http.Request) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		a.writeError(w, r, errMethod)
-		return
+		return false
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	io.WriteString(w, "ok\n")
+	return true
 }
 
 // handleReady serves GET /readyz, a readiness check for load balancers and
@@ -102,12 +110,9 @@ func (a *Agent) handleLive(w http.ResponseWriter, r *http.Request) {
 // 503 with the reason otherwise, and from the moment Shutdown begins (so
 // that traffic drains to other agents).
 func (a *Agent) handleReady(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		a.writeError(w, r, errMethod)
+	if !a.startCheck(w, r) {
 		return
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
 	if a.isStopping() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, "not ready: the agent is shutting down\n")

@@ -192,3 +192,30 @@ func TestOwnIdentityWhenEtcdComesBack(t *testing.T) {
 		t.Fatalf("Health after etcd came back: %v", err)
 	}
 }
+
+// No endpoint list makes validation panic, and a list it accepts has no
+// spaces, only known schemes, and a port wherever a host is given.
+func FuzzValidateEndpoints(f *testing.F) {
+	f.Add("http://127.0.0.1:2379,https://[::1]:2379", false)
+	f.Add("a:1", true)
+	f.Add("unix:///x", false)
+	f.Add("http://a:2379 http://b:2379", false)
+	f.Add("http://%zz:1", false)
+	f.Fuzz(func(t *testing.T, list string, tlsConfigured bool) {
+		eps := strings.Split(list, ",")
+		if ValidateEndpoints(eps, tlsConfigured) != nil {
+			return
+		}
+		for _, ep := range eps {
+			p, err := parseEndpoint(ep)
+			if err != nil || strings.ContainsAny(ep, " \t\n") {
+				t.Fatalf("accepted %q: %+v, %v", ep, p, err)
+			}
+			if p.scheme != "unix" && p.scheme != "unixs" {
+				if _, port, err := net.SplitHostPort(p.addr); err != nil || port == "" {
+					t.Fatalf("accepted %q without host:port (%q)", ep, p.addr)
+				}
+			}
+		}
+	})
+}

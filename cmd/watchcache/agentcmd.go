@@ -129,8 +129,8 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 		return o, code, false
 	}
 	switch {
-	case fs.NArg() > 0:
-		return o, c.usageErrorf("unexpected argument %q", fs.Arg(0)), false
+	case len(c.args) > 0:
+		return o, c.usageErrorf("unexpected argument %q", c.args[0]), false
 	case countSet(o.dev, len(o.etcd) > 0, o.consul != "") > 1:
 		return o, c.usageErrorf("give one of %s, %s and %s: each names the store the agent fronts", c.source("dev"), c.source("etcd"), c.source("consul")), false
 	case !o.dev && len(o.etcd) == 0 && o.consul == "":

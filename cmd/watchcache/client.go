@@ -115,11 +115,6 @@ func newAgentClient(o clientOptions, timeout time.Duration) *agentClient {
 // the command, which matters to in-process tests).
 func (c *agentClient) Close() { c.tr.CloseIdleConnections() }
 
-// consul returns a consul/api client of the agent.
-func (c *agentClient) consul() (*api.Client, error) {
-	return api.NewClient(&api.Config{Address: c.base.Host, Scheme: c.base.Scheme, HttpClient: c.hc})
-}
-
 // identityTransport sends the command's identity, and only it, with each
 // request. consul/api fills a token the command did not set from
 // CONSUL_HTTP_TOKEN and CONSUL_HTTP_TOKEN_FILE; sent to a watchcache agent,

@@ -19,6 +19,7 @@ type command struct {
 	stderr   io.Writer
 	env      []envBinding
 	fromEnv  map[string]string // flag name -> the variable that set it, after parse
+	args     []string          // the positional arguments, after parse
 }
 
 // envBinding ties a flag to its environment variable.
@@ -54,19 +55,38 @@ func (c *command) withEnv(names ...string) {
 }
 
 // parse parses args, then sets each flag that the command line left alone
-// from its environment variable, if that is set and not empty. It returns
-// ok false and the exit status when the command should stop: -h (help on
-// stdout, status 0) or a bad flag or variable (status 2; the message names
-// it).
+// from its environment variable, if that is set and not empty. Flags may
+// come before, between or after the positional arguments (c.args), as
+// etcdctl and consul take them; after "--" everything is positional (a key
+// or value that begins with '-'), and so is a lone "-" (standard input).
+// It returns ok false and the exit status when the command should stop: -h
+// (help on stdout, status 0) or a bad flag or variable (status 2; the
+// message names it).
 func (c *command) parse(args []string, stdout io.Writer, getenv func(string) string) (code int, ok bool) {
-	if err := c.fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			c.printHelp(stdout)
-			return exitOK, false
+	c.args = nil
+	for rest := args; ; {
+		if err := c.fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				c.printHelp(stdout)
+				return exitOK, false
+			}
+			// The flag package printed the error, naming the flag.
+			if len(c.args) > 0 {
+				fmt.Fprintf(c.stderr, "(an argument that begins with '-' goes after --, e.g. watchcache %s -- %s -5)\n", c.name, c.args[0])
+			}
+			fmt.Fprintf(c.stderr, "Run 'watchcache %s -h' for usage.\n", c.name)
+			return exitUsage, false
 		}
-		// The flag package printed the error, naming the flag.
-		fmt.Fprintf(c.stderr, "Run 'watchcache %s -h' for usage.\n", c.name)
-		return exitUsage, false
+		left := c.fs.Args()
+		if len(left) == 0 {
+			break
+		}
+		if consumed := len(rest) - len(left); consumed > 0 && rest[consumed-1] == "--" {
+			c.args = append(c.args, left...) // the flag package stopped at "--"
+			break
+		}
+		c.args = append(c.args, left[0])
+		rest = left[1:]
 	}
 	onCommandLine := map[string]bool{}
 	c.fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })

@@ -68,7 +68,7 @@ func TestEndToEnd(t *testing.T) {
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"agent", "-dev", "-dev-etcd-addr", etcdAddr, "-http-addr", httpAddr, "-log-level", "warn"},
-			&agentOut, &agentErr, env(nil))
+			nil, &agentOut, &agentErr, env(nil))
 	}()
 	stopped := false
 	defer func() { // a failed test still stops the agent, so that goleak reports the failure, not a leak
@@ -103,7 +103,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("kv errors", func(t *testing.T) {
 		expect(t, exitError, "", "Error! No key exists at: app/none\n", "kv", "get", "app/none")
 		// The agent's 400 and 403 messages reach the user.
-		expect(t, exitError, "", "Error! reading a\x00b: the agent answered 400 Bad Request: bad key: contains a NUL byte\n", "kv", "get", "a\x00b")
+		expect(t, exitError, "", "Error! reading \"a\\x00b\": the agent answered 400 Bad Request: bad key: contains a NUL byte\n", "kv", "get", "a\x00b")
 		expect(t, exitError, "", "Error! writing : the agent answered 400 Bad Request: Missing key name", "kv", "put", "", "v")
 		// As Consul without ACLs: with no tokens file and etcd's auth off,
 		// a token is ignored rather than refused.

@@ -18,6 +18,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/watchcache/watchcache/internal/devetcd"
@@ -63,7 +65,7 @@ func runMain(args []string) int {
 			}
 		}
 	}()
-	return run(withHurry(ctx, hurry), args, os.Stdout, os.Stderr, os.Getenv)
+	return run(withHurry(ctx, hurry), args, os.Stdin, os.Stdout, os.Stderr, os.Getenv)
 }
 
 // hurryKey is the context key of the context whose end hurries a
@@ -90,7 +92,7 @@ func hurryFrom(ctx context.Context) context.Context {
 // the exit status. Cancelling ctx is the in-process equivalent of SIGINT:
 // the agent shuts down cleanly and watch ends with status 0. getenv looks
 // up WATCHCACHE_* variables.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	if len(args) == 0 {
 		io.WriteString(stderr, usage)
 		return exitUsage
@@ -99,12 +101,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "agent":
 		return runAgent(ctx, rest, stdout, stderr, getenv)
 	case "kv":
-		return runKV(ctx, rest, stdout, stderr, getenv)
+		return runKV(ctx, rest, stdin, stdout, stderr, getenv)
 	case "watch":
 		return runWatch(ctx, rest, stdout, stderr, getenv)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, version())
+		return exitOK
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 { // "help kv get" is "kv get -h"
-			return run(ctx, append(rest, "-h"), stdout, stderr, getenv)
+			return run(ctx, append(rest, "-h"), stdin, stdout, stderr, getenv)
 		}
 		io.WriteString(stdout, usage)
 		return exitOK
@@ -122,9 +127,12 @@ and reads, writes and watches keys through a running agent.
 Commands:
   agent        run the agent (-dev: with a throwaway embedded etcd)
   kv get       print a key's value, or every key under a prefix (-recurse)
-  kv put       write a key
+  kv put       write a key (a value, @FILE or - for standard input)
   kv delete    delete a key, or every key under a prefix (-recurse)
-  watch        print a key's (or a prefix's) changes as they happen
+  kv export    print keys as JSON, in consul kv export's format
+  kv import    write the keys of an export
+  watch        print a key's (or a prefix's, -recurse) changes as they happen
+  version      print the version
   help         print this help, or a command's: watchcache help kv get
 
 Getting started:
@@ -133,7 +141,37 @@ Getting started:
   watchcache kv get app/db
   watchcache watch app/db              # Ctrl-C to stop
 
-Run 'watchcache <command> -h' for a command's options. Each option can also
-be set in the environment: -http-addr as WATCHCACHE_HTTP_ADDR, and so on.
-A flag on the command line wins over its variable.
+Keys are used exactly as typed: /config/db and config/db are two keys.
+Flags may come before or after the arguments; after -- everything is an
+argument. Run 'watchcache <command> -h' for a command's options. Each
+option can also be set in the environment: -http-addr as
+WATCHCACHE_HTTP_ADDR, and so on. A flag on the command line wins over its
+variable.
 `
+
+// version describes the build: the module's version (a tag when installed
+// with go install ...@version, "(devel)" from a checkout), the commit it
+// was built from, and the Go toolchain.
+func version() string {
+	v, rev, modified := "(unknown)", "", false
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v = bi.Main.Version
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	out := "watchcache " + v
+	if rev != "" {
+		out += " (commit " + rev[:min(12, len(rev))]
+		if modified {
+			out += ", modified"
+		}
+		out += ")"
+	}
+	return out + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+}

@@ -42,7 +42,17 @@ func runCmd(t testing.TB, getenv func(string) string, args ...string) (code int,
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code = run(ctx, args, &out, &errOut, getenv)
+	code = run(ctx, args, nil, &out, &errOut, getenv)
+	return code, out.String(), errOut.String()
+}
+
+// runCmdIn is runCmd with stdin as the command's standard input.
+func runCmdIn(t testing.TB, getenv func(string) string, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code = run(ctx, args, strings.NewReader(stdin), &out, &errOut, getenv)
 	return code, out.String(), errOut.String()
 }
 
@@ -147,7 +157,12 @@ func TestUsage(t *testing.T) {
 		{[]string{"--help"}, exitOK, true, "Commands:"},
 		{[]string{"help"}, exitOK, true, "Commands:"},
 		{[]string{"frobnicate"}, exitUsage, false, `unknown command "frobnicate"`},
-		{[]string{"help", "kv", "get"}, exitOK, true, "Usage: watchcache kv get [options] KEY"},
+		{[]string{"help", "kv", "get"}, exitOK, true, "Usage: watchcache kv get [options] [KEY]"},
+		{[]string{"kv", "put", "-h"}, exitOK, true, "@FILE  the contents of FILE"},
+		{[]string{"kv", "export", "-h"}, exitOK, true, "consul kv export's format"},
+		{[]string{"kv", "import", "-h"}, exitOK, true, "writes nothing"},
+		{[]string{"watch", "-h"}, exitOK, true, `{"index":13,"key":"app/db","deleted":true}`},
+		{[]string{"version"}, exitOK, true, "watchcache "},
 		{[]string{"help", "agent"}, exitOK, true, "-dev-etcd-addr"},
 		{[]string{"kv"}, exitUsage, false, "Subcommands:"},
 		{[]string{"kv", "-h"}, exitOK, true, "Subcommands:"},
@@ -169,7 +184,7 @@ func TestUsage(t *testing.T) {
 	}
 	// Every command is listed.
 	_, stdout, _ := runCmd(t, env(nil), "help")
-	for _, cmd := range []string{"agent", "kv get", "kv put", "kv delete", "watch"} {
+	for _, cmd := range []string{"agent", "kv get", "kv put", "kv delete", "kv export", "kv import", "watch", "version"} {
 		if !strings.Contains(stdout, "\n  "+cmd+" ") {
 			t.Errorf("usage does not list %q:\n%s", cmd, stdout)
 		}

@@ -40,7 +40,7 @@ func TestTLSEndToEnd(t *testing.T) {
 		exited <- run(ctx, []string{"agent", "-etcd", c.Endpoint(0),
 			"-etcd-cacert", etcdCA.CertFile, "-etcd-cert", agentAsClient.CertFile, "-etcd-key", agentAsClient.KeyFile,
 			"-http-addr", httpAddr, "-tls-cert", apiSrv.CertFile, "-tls-key", apiSrv.KeyFile, "-tls-client-ca", apiCA.CertFile,
-			"-log-level", "warn"}, &agentOut, &agentErr, env(nil))
+			"-log-level", "warn"}, nil, &agentOut, &agentErr, env(nil))
 	}()
 	stopped := false
 	defer func() {
@@ -127,7 +127,7 @@ func TestAgentUnreachableEtcd(t *testing.T) {
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"agent", "-etcd", "http://" + freeAddr(t) + ",http://no-such-host.invalid:2379",
-			"-http-addr", httpAddr}, &agentOut, &agentErr, env(nil))
+			"-http-addr", httpAddr}, nil, &agentOut, &agentErr, env(nil))
 	}()
 	stopped := false
 	defer func() {

@@ -9,14 +9,7 @@ import (
 	"math/rand/v2"
 	"mime"
 	"net/http"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
-
-	"github.com/hashicorp/consul/api"
 )
 
 // Event stream limits and timing.
@@ -34,9 +27,10 @@ const (
 	maxRetry     = 30 * time.Second
 )
 
-const watchAbout = `Prints the changes of KEY, or with -prefix of every key under KEY, as they
-happen, from the agent's event stream (/v1/watch/kv/), until interrupted
-(Ctrl-C or SIGTERM: exit status 0).
+const watchAbout = `Prints the changes of KEY, or with -recurse of every key under the prefix
+KEY, as they happen, from the agent's event stream (/v1/watch/kv/), until
+interrupted (Ctrl-C or SIGTERM: exit status 0). KEY is watched exactly as
+typed: /config/db and config/db are two keys.
 
 One line per change: the index at which it was seen, the key, and the value:
 
@@ -44,7 +38,7 @@ One line per change: the index at which it was seen, the key, and the value:
   13 app/db (deleted)
 
 The first line is KEY's current state; "(missing)" if it does not exist.
-With -prefix, the first lines are the current keys under the prefix (none
+With -recurse, the first lines are the current keys under the prefix (none
 if there are none), and then one line per key that was written or deleted.
 A key or value that is empty, is not printable single-line text, or begins
 with '"' or '(' is printed quoted, as a Go string ("a\nb"); so is a key
@@ -53,7 +47,13 @@ with a space in it.
 When the store's history restarts (it was restored from a backup or
 rebuilt, so its index went back), a line "INDEX (reset)" is printed and
 then the whole current state as after a first connection: KEY's line, or
-with -prefix every current key and "(deleted)" for each key that is gone.
+with -recurse every current key and "(deleted)" for each key that is gone.
+
+With -format json, each line is a JSON object instead:
+  {"index":12,"key":"app/db","value":"<base64>","create_index":5,"modify_index":12,"flags":0}
+  {"index":13,"key":"app/db","deleted":true}
+  {"index":3,"key":"app/db","missing":true}
+  {"index":2,"reset":true}
 
 A dropped connection is made again (with Last-Event-ID, so no change that
 is still current is missed); errors the agent reports on the stream are
@@ -63,14 +63,18 @@ refuses the watch, is an error (exit status 1).`
 // runWatch runs the watch command.
 func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	c := newCommand("watch", "[options] KEY", watchAbout, stderr)
-	prefix := c.fs.Bool("prefix", false, "watch every key under the prefix KEY")
+	var recurse bool
+	c.fs.BoolVar(&recurse, "recurse", false, "watch every key under the prefix KEY")
+	c.fs.BoolVar(&recurse, "prefix", false, "the same as -recurse")
+	format := "text"
+	c.fs.Var(formatValue{&format}, "format", "output `format`: text or json (one object per line)")
 	var co clientOptions
 	co.register(c)
 	if code, ok := c.parse(args, stdout, getenv); !ok {
 		return code
 	}
-	if c.fs.NArg() != 1 {
-		return c.usageErrorf("want KEY, got %d argument(s)", c.fs.NArg())
+	if len(c.args) != 1 {
+		return c.usageErrorf("want KEY, got %d argument(s)", len(c.args))
 	}
 	if msg := co.check(c); msg != "" {
 		return c.usageErrorf("%s", msg)
@@ -79,13 +83,14 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	defer client.Close()
 	w := &watcher{
 		client: client,
-		key:    strings.TrimPrefix(c.fs.Arg(0), "/"), // as consul/api does
-		prefix: *prefix,
+		key:    c.args[0],
+		prefix: recurse,
+		json:   format == "json",
 		out:    stdout,
 		errOut: stderr,
 	}
 	if err := w.run(ctx); err != nil {
-		fmt.Fprintf(stderr, "Error! watching %s: %s\n", w.key, describe(err, client.base))
+		fmt.Fprintf(stderr, "Error! watching %s: %s\n", shown(w.key), describe(err, client.base))
 		return exitError
 	}
 	return exitOK
@@ -97,6 +102,7 @@ type watcher struct {
 	client *agentClient
 	key    string
 	prefix bool
+	json   bool // one JSON object per line
 	out    io.Writer
 	errOut io.Writer
 
@@ -268,113 +274,4 @@ func (ir *idleReader) Read(p []byte) (int, error) {
 		ir.idle.Reset(streamIdleTimeout)
 	}
 	return n, err
-}
-
-// print prints what changed in the state that a kv or reset event carries
-// (the JSON body a GET of the key or prefix would get; [] when nothing
-// exists). A reset replaces the state printed so far: its indexes are from
-// another history, so every current key is printed again.
-func (w *watcher) print(ev sseEvent) error {
-	var pairs []*api.KVPair
-	if err := json.Unmarshal([]byte(ev.Data), &pairs); err != nil {
-		return fmt.Errorf("the agent sent an event that is not a list of keys: %w", err)
-	}
-	var lines []string
-	if ev.Type == "reset" {
-		lines = append(lines, ev.ID+" (reset)")
-		w.seen = false // print KEY's state, whatever it is
-		for key := range w.keys {
-			w.keys[key] = 0 // no key has ModifyIndex 0: all print again
-		}
-	}
-	if w.prefix {
-		lines = append(lines, w.prefixChanges(ev.ID, pairs)...)
-	} else {
-		lines = append(lines, w.keyChange(ev.ID, pairs)...)
-	}
-	for _, l := range lines {
-		if _, err := io.WriteString(w.out, l+"\n"); err != nil {
-			return fmt.Errorf("writing output: %w", err)
-		}
-	}
-	return nil
-}
-
-// keyChange returns the line for KEY's new state, if it changed.
-func (w *watcher) keyChange(index string, pairs []*api.KVPair) []string {
-	var cur *api.KVPair
-	for _, p := range pairs {
-		if p != nil && p.Key == w.key {
-			cur = p
-		}
-	}
-	switch {
-	case cur == nil && w.seen && !w.exists,
-		cur != nil && w.seen && w.exists && cur.ModifyIndex == w.modified:
-		return nil // the same state again (after a reconnection)
-	case cur == nil:
-		what := "(missing)"
-		if w.exists {
-			what = "(deleted)"
-		}
-		w.seen, w.exists, w.modified = true, false, 0
-		return []string{index + " " + quoteKey(w.key) + " " + what}
-	}
-	w.seen, w.exists, w.modified = true, true, cur.ModifyIndex
-	return []string{changeLine(index, cur)}
-}
-
-// prefixChanges returns a line for each key written or deleted since the
-// last state, in key order.
-func (w *watcher) prefixChanges(index string, pairs []*api.KVPair) []string {
-	type change struct{ key, line string }
-	var changes []change
-	now := make(map[string]uint64, len(pairs))
-	for _, p := range pairs {
-		if p == nil {
-			continue
-		}
-		now[p.Key] = p.ModifyIndex
-		if old, ok := w.keys[p.Key]; !ok || old != p.ModifyIndex {
-			changes = append(changes, change{p.Key, changeLine(index, p)})
-		}
-	}
-	for key := range w.keys {
-		if _, ok := now[key]; !ok {
-			changes = append(changes, change{key, index + " " + quoteKey(key) + " (deleted)"})
-		}
-	}
-	w.keys = now
-	slices.SortFunc(changes, func(a, b change) int { return strings.Compare(a.key, b.key) })
-	lines := make([]string, len(changes))
-	for i, c := range changes {
-		lines[i] = c.line
-	}
-	return lines
-}
-
-func changeLine(index string, p *api.KVPair) string {
-	return index + " " + quoteKey(p.Key) + " " + quoteValue(string(p.Value))
-}
-
-// quoteValue returns s as it is if it reads unambiguously as the last
-// field of a line, and as a Go string literal otherwise: empty, not valid
-// UTF-8, with a character that is not printable (a newline, a tab), with
-// leading or trailing spaces, or starting with '"' (a quoted field) or '('
-// (the (missing) and (deleted) markers).
-func quoteValue(s string) string {
-	if s == "" || !utf8.ValidString(s) || s[0] == '"' || s[0] == '(' || strings.TrimSpace(s) != s ||
-		strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
-		return strconv.Quote(s)
-	}
-	return s
-}
-
-// quoteKey is quoteValue for a field in the middle of a line, which must
-// not contain a space either.
-func quoteKey(s string) string {
-	if strings.Contains(s, " ") {
-		return strconv.Quote(s)
-	}
-	return quoteValue(s)
 }

@@ -81,7 +81,7 @@ func startWatch(t *testing.T, getenv func(string) string, args ...string) (stdou
 	ctx, cancel := context.WithCancel(context.Background())
 	stdout, stderr = newLineWriter(), newLineWriter()
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, append([]string{"watch"}, args...), stdout, stderr, getenv) }()
+	go func() { done <- run(ctx, append([]string{"watch"}, args...), nil, stdout, stderr, getenv) }()
 	var once sync.Once
 	code := -1
 	stop = func() int {
@@ -345,16 +345,31 @@ func TestClientErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{"get without key", []string{"kv", "get"}, nil, exitUsage, "want KEY, got 0 argument(s)"},
-		{"put without value", []string{"kv", "put", "k"}, nil, exitUsage, "want KEY VALUE, got 1 argument(s)"},
+		{"get without key", []string{"kv", "get"}, nil, exitUsage, "want KEY (or -recurse or -keys to list from the root)"},
+		{"put without key", []string{"kv", "put"}, nil, exitUsage, "want KEY [VALUE], got 0 argument(s)"},
+		{"put with three arguments", []string{"kv", "put", "k", "v", "x"}, nil, exitUsage, `want KEY [VALUE], got 3 argument(s) (["k" "v" "x"])`},
+		{"put a value that looks like a flag", []string{"kv", "put", "k", "-5"}, nil, exitUsage, "flag provided but not defined: -5\n(an argument that begins with '-' goes after --, e.g. watchcache kv put -- k -5)"},
 		{"delete with two keys", []string{"kv", "delete", "a", "b"}, nil, exitUsage, "want KEY, got 2 argument(s)"},
+		{"delete -recurse without key", []string{"kv", "delete", "-recurse"}, nil, exitUsage, "want KEY, got 0 argument(s)"},
+		{"get -recurse and -keys", []string{"kv", "get", "-recurse", "-keys", "k"}, nil, exitUsage, "-recurse and -keys cannot be used together"},
+		{"get -keys -detailed", []string{"kv", "get", "-keys", "-detailed"}, nil, exitUsage, "-keys prints names only"},
+		{"get -detailed json", []string{"kv", "get", "-detailed", "-format", "json", "k"}, nil, exitUsage, "-detailed is a text format"},
+		{"get -separator without -keys", []string{"kv", "get", "-separator", ":", "k"}, nil, exitUsage, "-separator applies to -keys"},
+		{"get unknown format", []string{"kv", "get", "-format", "yaml", "k"}, nil, exitUsage, `invalid value "yaml" for flag -format: must be text or json`},
+		{"put -modify-index without -cas", []string{"kv", "put", "-modify-index", "3", "k", "v"}, nil, exitUsage, "-modify-index applies to -cas"},
+		{"put bad modify index", []string{"kv", "put", "-cas", "-modify-index", "-1", "k", "v"}, nil, exitUsage, "-modify-index"},
+		{"delete -cas without index", []string{"kv", "delete", "-cas", "k"}, nil, exitUsage, "-cas needs -modify-index"},
+		{"delete -cas -recurse", []string{"kv", "delete", "-cas", "-modify-index", "3", "-recurse", "k"}, nil, exitUsage, "cannot be used with -recurse"},
+		{"export with two prefixes", []string{"kv", "export", "a", "b"}, nil, exitUsage, "want [PREFIX], got 2 argument(s)"},
+		{"TLS files for plain http", []string{"kv", "get", "-ca-file", "ca.pem", "k"}, nil, exitUsage, "no such file"},
 		{"watch without key", []string{"watch"}, nil, exitUsage, "watchcache watch: want KEY"},
 		{"bad address", []string{"kv", "get", "-http-addr", "localhost", "k"}, nil, exitUsage, "-http-addr: not host:port"},
 		{"bad address variable", []string{"watch", "k"}, map[string]string{"WATCHCACHE_HTTP_ADDR": "ftp://h:1"}, exitUsage, `WATCHCACHE_HTTP_ADDR: scheme "ftp": want http or https`},
 		{"address with a path", []string{"kv", "put", "-http-addr", "http://h:1/x", "k", "v"}, nil, exitUsage, "-http-addr: want only a scheme and host:port"},
 		{"token and user", []string{"kv", "get", "-token", "t", "-user", "u", "k"}, nil, exitUsage, "-token and -user cannot be used together"},
 		{"password without user", []string{"kv", "get", "k"}, map[string]string{"WATCHCACHE_PASSWORD": "pw"}, exitUsage, "WATCHCACHE_PASSWORD needs -user"},
-		{"unknown flag", []string{"kv", "get", "-keys", "k"}, nil, exitUsage, "flag provided but not defined: -keys"},
+		{"unknown flag", []string{"kv", "get", "-prefix", "k"}, nil, exitUsage, "flag provided but not defined: -prefix"},
+		{"unknown flag after the key", []string{"kv", "get", "k", "-rekurse"}, nil, exitUsage, "flag provided but not defined: -rekurse"},
 		{"kv unreachable", []string{"kv", "get", "-http-addr", closed, "k"}, nil, exitError, "Error! reading k: cannot reach the agent at http://" + closed},
 		{"watch unreachable", []string{"watch", "-http-addr", closed, "k"}, nil, exitError, "Error! watching k: cannot reach the agent at http://" + closed},
 	} {
@@ -387,6 +402,13 @@ func TestQuote(t *testing.T) {
 		}
 		if got := quoteKey(tc.in); got != tc.key {
 			t.Errorf("quoteKey(%q) = %s, want %s", tc.in, got, tc.key)
+		}
+	}
+	// Messages show keys as typed, spaces and all, unless they hold bytes
+	// that a terminal must not get raw.
+	for in, want := range map[string]string{"a b": "a b", "/config/db": "/config/db", "héllo": "héllo", "tab\there": `"tab\there"`, "\xff": `"\xff"`, "esc\x1b[2J": `"esc\x1b[2J"`} {
+		if got := shown(in); got != want {
+			t.Errorf("shown(%q) = %s, want %s", in, got, want)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/watchcache/watchcache"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -93,6 +94,15 @@ func parseEndpoint(raw string) (endpoint, error) {
 	}
 	if strings.ContainsFunc(raw, unicode.IsSpace) {
 		return ep, errors.New("contains a space; separate endpoints with commas")
+	}
+	for _, scheme := range []string{"unix", "unixs"} {
+		if path, ok := strings.CutPrefix(raw, scheme+":"); ok && !strings.HasPrefix(path, "//") {
+			ep.scheme, ep.addr = scheme, path // unix:/path, as the etcd client takes it
+			if path == "" {
+				return ep, errors.New("no socket path")
+			}
+			return ep, nil
+		}
 	}
 	if !strings.Contains(raw, "://") {
 		ep.addr = raw
@@ -193,7 +203,13 @@ func (s *Source) diagnoseEndpoint(ctx context.Context, raw string) error {
 	}
 	defer conn.Close()
 	_, err = pb.NewMaintenanceClient(conn).Status(ctx, &pb.StatusRequest{})
-	if err == nil {
+	switch status.Code(err) {
+	case codes.OK:
+		return nil
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Unknown:
+	default:
+		// The member answered, if only to refuse an anonymous status
+		// (etcd's auth): it is reachable, which is all this asks.
 		return nil
 	}
 	msg := status.Convert(err).Message()

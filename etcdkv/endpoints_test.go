@@ -27,6 +27,9 @@ func TestValidateEndpoints(t *testing.T) {
 		{[]string{"https://etcd-0:2379", "https://etcd-1:2379/"}, false, ""},
 		{[]string{"https://etcd-0:2379", "etcd-1:2379"}, true, ""},
 		{[]string{"unix:///run/etcd.sock"}, false, ""},
+		{[]string{"unix:/run/etcd.sock", "unix:etcd.sock"}, false, ""},
+		{[]string{"unixs:/run/etcd.sock"}, true, ""},
+		{[]string{"unix:"}, false, "no socket path"},
 		{nil, false, "no endpoints"},
 		{[]string{""}, false, "empty"},
 		{[]string{"http://a:2379 http://b:2379"}, false, "contains a space"},
@@ -190,6 +193,11 @@ func TestOwnIdentityWhenEtcdComesBack(t *testing.T) {
 	}
 	if _, err := f.src.Health(testCtx(t)); err != nil {
 		t.Fatalf("Health after etcd came back: %v", err)
+	}
+	// The diagnosis asks anonymously; a member that refuses that (auth is
+	// on) still answers, so it must not be reported as down.
+	if err := f.src.diagnose(testCtx(t)); err != nil {
+		t.Fatalf("diagnose of a reachable etcd with auth on: %v", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,11 +15,18 @@ import (
 	"github.com/watchcache/watchcache/internal/devetcd"
 )
 
-// startProcess starts the test binary as the watchcache command with args, its
-// temporary directory (where -dev keeps its etcd) set to tmp. Lines of its
-// stderr arrive on the returned channel; it is killed if the test ends
-// first.
-func startProcess(t *testing.T, tmp string, args ...string) (*exec.Cmd, <-chan string) {
+// process is the test binary run as the watchcache command.
+type process struct {
+	cmd   *exec.Cmd
+	lines <-chan string   // its stderr, line by line; closed when it ends
+	done  <-chan struct{} // closed when it exited, after lines
+	err   error           // how it exited; read after done
+}
+
+// startProcess starts the test binary as the watchcache command with args,
+// its temporary directory (where -dev keeps its etcd) set to tmp. It is
+// killed if the test ends first.
+func startProcess(t *testing.T, tmp string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "WATCHCACHE_TEST_MAIN=1", "TMPDIR="+tmp)
@@ -30,21 +38,30 @@ func startProcess(t *testing.T, tmp string, args ...string) (*exec.Cmd, <-chan s
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	lines := make(chan string, 100)
+	// One goroutine reads stderr to its end and then waits for the
+	// process: Wait must come after the last read, and only once. The
+	// channel holds more lines than the command writes, so it never
+	// blocks the command.
+	lines, done := make(chan string, 10000), make(chan struct{})
+	p := &process{cmd: cmd, lines: lines, done: done}
 	go func() {
-		defer close(lines)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			lines <- sc.Text()
 		}
+		close(lines)
+		p.err = cmd.Wait()
+		close(done)
 	}()
-	return cmd, lines
+	t.Cleanup(func() {
+		cmd.Process.Kill() // an error if it exited already, which is fine
+		select {
+		case <-done:
+		case <-time.After(waitFor):
+			t.Errorf("the command did not end within %v of being killed", waitFor)
+		}
+	})
+	return p
 }
 
 // await returns the first line of lines that contains want, failing the
@@ -67,34 +84,39 @@ func await(t *testing.T, lines <-chan string, want string) string {
 	}
 }
 
-// Two interrupts in a row during the dev agent's shutdown: the second
-// hurries it but the cleanup still runs, so the embedded etcd's data
-// directory is removed and the process exits promptly.
+// Two interrupts in a row during the dev agent's shutdown, which a client
+// that trickles a PUT's body holds open (for up to 30 s, the body's read
+// deadline): the second cuts it short but the cleanup still runs, so the
+// embedded etcd's data directory is removed and the process exits 0 at
+// once.
 func TestSecondSignalCleansUp(t *testing.T) {
-	tmp := t.TempDir()
-	cmd, lines := startProcess(t, tmp, "agent", "-dev", "-dev-etcd-addr", freeAddr(t), "-http-addr", freeAddr(t))
-	await(t, lines, "the store answers")
+	tmp, httpAddr := t.TempDir(), freeAddr(t)
+	p := startProcess(t, tmp, "agent", "-dev", "-dev-etcd-addr", freeAddr(t), "-http-addr", httpAddr, "-shutdown-timeout", "1m")
+	await(t, p.lines, "the store answers")
+	slow, err := net.Dial("tcp", httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := io.WriteString(slow, "PUT /v1/kv/held HTTP/1.1\r\nHost: agent\r\nContent-Length: 100\r\n\r\nfirst bytes"); err != nil {
+		t.Fatal(err)
+	}
 	dirs, _ := filepath.Glob(filepath.Join(tmp, devetcd.DirPattern+"*"))
 	if len(dirs) != 1 {
 		t.Fatalf("data directories while running: %q, want one", dirs)
 	}
-	cmd.Process.Signal(syscall.SIGINT)
-	await(t, lines, "shutting down")
-	cmd.Process.Signal(syscall.SIGINT)
-	await(t, lines, "second interrupt")
-	exited := make(chan error, 1)
-	go func() {
-		for range lines { // drain, so that the command never blocks on stderr
-		}
-		exited <- cmd.Wait()
-	}()
+	p.cmd.Process.Signal(syscall.SIGINT)
+	await(t, p.lines, "shutting down")
+	p.cmd.Process.Signal(syscall.SIGINT)
+	await(t, p.lines, "second interrupt")
+	const prompt = 10 * time.Second // well under the held request's 30 s
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after two interrupts: %v", err)
+	case <-p.done:
+		if p.err != nil {
+			t.Errorf("exit after two interrupts: %v", p.err)
 		}
-	case <-time.After(waitFor):
-		t.Fatalf("the agent did not exit within %v of a second interrupt", waitFor)
+	case <-time.After(prompt):
+		t.Fatalf("the agent did not exit within %v of a second interrupt", prompt)
 	}
 	if dirs, _ := filepath.Glob(filepath.Join(tmp, devetcd.DirPattern+"*")); len(dirs) != 0 {
 		t.Fatalf("data directories left behind: %q", dirs)

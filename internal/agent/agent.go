@@ -47,8 +47,11 @@ const (
 	MaxValueSize = 512 << 10
 
 	readHeaderTimeout = 10 * time.Second
-	maxHeaderBytes    = 64 << 10
-	idleTimeout       = 2 * time.Minute
+	// bodyReadTimeout bounds the read of a PUT's body: a client that
+	// trickles it must not hold a handler (and a shutdown) indefinitely.
+	bodyReadTimeout = 30 * time.Second
+	maxHeaderBytes  = 64 << 10
+	idleTimeout     = 2 * time.Minute
 	// writeGrace is how long past its wait a read may take to be written
 	// before the connection is cut.
 	writeGrace = 30 * time.Second
@@ -103,6 +106,7 @@ type Agent struct {
 	stopCtx    context.Context
 	stopCancel context.CancelFunc
 	stopOnce   sync.Once
+	stopErr    error // what the first Shutdown returned
 
 	probeOnce sync.Once     // the first Serve starts probeStore
 	probed    chan struct{} // closed when probeStore returns
@@ -215,20 +219,27 @@ func (a *Agent) ServeTLS(ln net.Listener, cfg *tls.Config) error {
 // blocking requests at once with the current value, ends event streams,
 // and waits for every handler (or ctx). It is safe to call more than once.
 func (a *Agent) Shutdown(ctx context.Context) error {
-	var err error
 	a.stopOnce.Do(func() {
 		a.stopCancel()
-		err = a.srv.Shutdown(ctx)
-		a.probeOnce.Do(func() { close(a.probed) }) // never started
-		select {
-		case <-a.probed:
-		case <-ctx.Done():
-			if err == nil {
-				err = ctx.Err()
-			}
+		err := a.srv.Shutdown(ctx)
+		if perr := a.waitProbe(ctx); err == nil {
+			err = perr
 		}
+		a.stopErr = err
 	})
-	return err
+	return a.stopErr
+}
+
+// waitProbe waits for probeStore to return (at once if it never started),
+// or for ctx. stopCtx must be cancelled.
+func (a *Agent) waitProbe(ctx context.Context) error {
+	a.probeOnce.Do(func() { close(a.probed) }) // never started
+	select {
+	case <-a.probed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // startProbe starts probeStore, once.
@@ -240,7 +251,9 @@ func (a *Agent) startProbe() {
 // Use it after a Shutdown that did not finish in time.
 func (a *Agent) Close() error {
 	a.stopCancel()
-	return a.srv.Close()
+	err := a.srv.Close()
+	a.waitProbe(context.Background()) // it returns promptly once stopCtx is done
+	return err
 }
 
 // isStopping reports whether Shutdown began.

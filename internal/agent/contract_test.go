@@ -797,6 +797,40 @@ func TestSSEStuckClient(t *testing.T) {
 	})
 }
 
+// A client that takes a large event slowly but steadily is not dropped:
+// the write deadline applies to each piece of an event, not to the whole.
+func TestSSESlowReaderKept(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ta, _ := memAgent(t, nil)
+		value := strings.Repeat("v", MaxValueSize)
+		for _, k := range []string{"a", "b", "c", "d"} { // an event of about 2.7 MiB of JSON
+			ta.do(t, "PUT", "/v1/kv/big/"+k, strings.NewReader(value))
+		}
+		conn, err := ta.dial(t.Context(), "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		go io.WriteString(conn, "GET /v1/watch/kv/big/?recurse HTTP/1.1\r\nHost: agent\r\n\r\n")
+		// 64 KiB a second: the whole event takes about 40s, 4 times
+		// EventWriteTimeout; a piece, a second.
+		buf := make([]byte, 64<<10)
+		read := 0
+		for read < 4*MaxValueSize*4/3 {
+			n, err := conn.Read(buf)
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", read, err)
+			}
+			read += n
+			time.Sleep(time.Second)
+		}
+		_, body := ta.do(t, "GET", "/metrics", nil)
+		if !strings.Contains(body, "watchcache_agent_event_streams_dropped_total 0") {
+			t.Fatalf("a slow reader was dropped:\n%s", grepLines(body, "dropped"))
+		}
+	})
+}
+
 func grepLines(s, sub string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {

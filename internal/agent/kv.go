@@ -262,6 +262,7 @@ func writeView(w http.ResponseWriter, meta watchcache.ResultMeta, v view) {
 
 // readValue reads a PUT's body, at most MaxValueSize bytes.
 func readValue(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout))
 	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxValueSize))
 	var tooBig *http.MaxBytesError
 	switch {

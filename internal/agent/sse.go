@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -122,31 +121,31 @@ func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind 
 		a.writeError(w, r, err)
 		return
 	}
-	rc := http.NewResponseController(w)
+	sw := &streamWriter{w: w, rc: http.NewResponseController(w), timeout: a.cfg.EventWriteTimeout}
 	// A write blocked on a client that stopped reading ends with its
 	// deadline, or at once when the request ends (shutdown, client gone).
-	var cut atomic.Bool
+	cutDone := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
-		cut.Store(true)
-		rc.SetWriteDeadline(time.Now())
+		defer close(cutDone)
+		sw.cut()
 	})
-	defer stop()
+	defer func() {
+		// The ResponseWriter must not be touched once the handler
+		// returned: wait for a cut that already began.
+		if !stop() {
+			<-cutDone
+		}
+	}()
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // ask proxies not to buffer the stream
 	w.WriteHeader(http.StatusOK)
 	write := func(format string, args ...any) error {
-		if err := rc.SetWriteDeadline(time.Now().Add(a.cfg.EventWriteTimeout)); err != nil {
-			return err
-		}
-		if _, err := fmt.Fprintf(w, format, args...); err != nil {
-			return err
-		}
-		return rc.Flush()
+		return sw.write(fmt.Appendf(nil, format, args...))
 	}
 	if err := write("retry: 1000\n\n"); err != nil {
-		a.dropped(&cut, err)
+		a.dropped(sw, err)
 		return
 	}
 	var last uint64 = since
@@ -160,11 +159,11 @@ func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind 
 			typ = "reset"
 		}
 		last = index
-		return write("id: %d\nevent: %s\ndata: %s\n\n", index, typ, body)
+		return sw.write(fmt.Appendf(nil, "id: %d\nevent: %s\ndata: ", index, typ), body, []byte("\n\n"))
 	}
 	if resumeReset {
 		if err = sendState(v, max(meta.Index, 1)); err != nil {
-			a.dropped(&cut, err)
+			a.dropped(sw, err)
 			return
 		}
 	}
@@ -192,19 +191,86 @@ func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind 
 			return
 		}
 		if err != nil {
-			a.dropped(&cut, err)
+			a.dropped(sw, err)
 			return
 		}
 	}
 }
 
-// dropped counts an event stream whose client did not take an event within
-// EventWriteTimeout. One whose write was cut because the request ended
-// (shutdown, client gone) is not counted; neither is one whose client
-// closed the connection. (The request's context cannot tell: net/http
-// cancels it on any failed write.)
-func (a *Agent) dropped(cut *atomic.Bool, err error) {
-	if cut.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+// streamChunk is how much of an event is written under one deadline: a
+// client that takes a large event slowly but steadily is not dropped.
+const streamChunk = 64 << 10
+
+// streamWriter writes a stream's events, each piece of at most streamChunk
+// bytes within its own write deadline, and then flushes. cut (when the
+// request ends) makes a write in progress, and every later one, fail at
+// once. Its methods are called by the handler's goroutine, except cut.
+type streamWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+
+	deadline time.Time   // of the last write; read by dropped
+	isCut    atomic.Bool // set by cut
+}
+
+// cut ends the stream's writes: the one in progress and every later one.
+func (sw *streamWriter) cut() {
+	sw.isCut.Store(true)
+	sw.rc.SetWriteDeadline(time.Now())
+}
+
+// write writes parts as one event and flushes it.
+func (sw *streamWriter) write(parts ...[]byte) error {
+	for _, p := range parts {
+		for len(p) > 0 {
+			n := min(len(p), streamChunk)
+			if err := sw.renew(); err != nil {
+				return err
+			}
+			if _, err := sw.w.Write(p[:n]); err != nil {
+				return err
+			}
+			p = p[n:]
+		}
+	}
+	if err := sw.renew(); err != nil {
+		return err
+	}
+	return sw.rc.Flush()
+}
+
+// renew sets the deadline of the next piece, unless the stream was cut:
+// setting it after a cut would undo the cut. deadline stays that of the
+// last piece written.
+func (sw *streamWriter) renew() error {
+	if sw.isCut.Load() {
+		return errStreamCut
+	}
+	d := time.Now().Add(sw.timeout)
+	if err := sw.rc.SetWriteDeadline(d); err != nil {
+		return err
+	}
+	if sw.isCut.Load() { // cut meanwhile, before the deadline above: cut again
+		sw.rc.SetWriteDeadline(time.Now())
+		return errStreamCut
+	}
+	sw.deadline = d
+	return nil
+}
+
+// errStreamCut is a write refused because the request ended.
+var errStreamCut = errors.New("the event stream was cut")
+
+// dropped counts an event stream whose client took no part of an event
+// within EventWriteTimeout: a write that failed once its deadline had
+// passed, while the agent is not shutting down. A write cut earlier
+// because the request ended (shutdown, the client went away) fails before
+// its deadline and is not counted. The error itself cannot tell: net/http
+// cancels the request when a write fails, which cuts the stream, and over
+// HTTP/2 the write may succeed and the next one find the stream cut.
+func (a *Agent) dropped(sw *streamWriter, err error) {
+	if err == nil || sw.deadline.IsZero() || time.Now().Before(sw.deadline) || a.isStopping() {
 		return
 	}
 	a.droppedStreams.Inc()

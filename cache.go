@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -62,7 +63,8 @@ type Cache struct {
 
 	exp      expiry
 	deliver  deliverer
-	callback callbackPool
+	callback workPool // NotifyCallback callbacks
+	runs     workPool // async entries' runs (async.go)
 	watches  ctxWatches
 
 	// mu protects kinds, closed and noSpawn. Goroutines are started under
@@ -111,7 +113,8 @@ func New(opts Options) (*Cache, error) {
 	c.rate.Store(newRateSetting(opts.EntryFetchRate, opts.EntryFetchBurst))
 	c.exp.init(c)
 	c.deliver.init(c)
-	c.callback.init(c, opts.CallbackWorkers)
+	c.callback.init(c, opts.CallbackWorkers, false)
+	c.runs.init(c, max(2, runtime.GOMAXPROCS(0)), true)
 	if !c.goTracked(c.exp.run) {
 		panic("unreachable: new cache is closed")
 	}
@@ -199,6 +202,19 @@ func (c *Cache) goTracked(f func()) bool {
 		defer c.wg.Done()
 		f()
 	}()
+	return true
+}
+
+// track adds one to c.wg for work that is not one goroutine (an async
+// entry's run), unless Close is waiting. The work calls c.wg.Done when it
+// ends.
+func (c *Cache) track() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.noSpawn {
+		return false
+	}
+	c.wg.Add(1)
 	return true
 }
 

@@ -5,34 +5,42 @@ import (
 	"sync"
 )
 
-// callbackTask is a watcher whose callback is due.
-type callbackTask interface {
-	runCallback()
+// task is work queued on a workPool: a watcher whose callback is due, an
+// async entry's run to continue.
+type task interface {
+	runTask()
 }
 
-// callbackPool runs NotifyCallback callbacks on at most max goroutines,
-// which exist only while callbacks are queued. A watcher is in the queue
-// at most once (its queued flag), so the queue is bounded by the number of
-// callback watchers and one watcher's calls never overlap.
-type callbackPool struct {
+// workPool runs tasks on at most max goroutines, which exist only while
+// tasks are queued. The cache has two: one for NotifyCallback callbacks
+// (a watcher is in its queue at most once, its queued flag, so the queue
+// is bounded by the number of callback watchers and one watcher's calls
+// never overlap), and one for the runs of async entries (async.go), so
+// that a burst of pushed changes is published by a few goroutines, not by
+// a goroutine each.
+type workPool struct {
 	c   *Cache
 	max int
+	// runs: every task holds a count of Cache.wg (an entry's run), so
+	// workers may always start and no task is ever dropped. Otherwise
+	// workers start only until Close, which drops what is left.
+	runs bool
 
 	mu      sync.Mutex // protects the fields below; a leaf lock
-	queue   []callbackTask
+	queue   []task
 	workers int
 }
 
-func (p *callbackPool) init(c *Cache, max int) {
-	p.c, p.max = c, max
+func (p *workPool) init(c *Cache, max int, runs bool) {
+	p.c, p.max, p.runs = c, max, runs
 }
 
 // enqueue schedules t. It may be called with t's entry locked.
-func (p *callbackPool) enqueue(t callbackTask) {
+func (p *workPool) enqueue(t task) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.queue = append(p.queue, t)
-	if p.workers < p.max && p.c.goTracked(p.work) {
+	if p.workers < p.max && p.start() {
 		p.workers++
 	}
 	// With no worker and none allowed to start, Close is already waiting
@@ -42,8 +50,23 @@ func (p *callbackPool) enqueue(t callbackTask) {
 	}
 }
 
-// work is a worker goroutine: it runs queued callbacks until none is left.
-func (p *callbackPool) work() {
+// start starts a worker. A pool of runs may start one even while Close
+// waits: the task being queued holds a count of Cache.wg, so adding one
+// is allowed, and Close waits for the worker.
+func (p *workPool) start() bool {
+	if !p.runs {
+		return p.c.goTracked(p.work)
+	}
+	p.c.wg.Add(1)
+	go func() {
+		defer p.c.wg.Done()
+		p.work()
+	}()
+	return true
+}
+
+// work is a worker goroutine: it runs queued tasks until none is left.
+func (p *workPool) work() {
 	for {
 		p.mu.Lock()
 		if len(p.queue) == 0 {
@@ -55,12 +78,12 @@ func (p *callbackPool) work() {
 		p.queue[0] = nil
 		p.queue = p.queue[1:]
 		p.mu.Unlock()
-		t.runCallback()
+		t.runTask()
 	}
 }
 
 // call runs one callback, turning a panic into a logged error.
-func (p *callbackPool) call(m *kindMetrics, kind, id string, f func()) {
+func (p *workPool) call(m *kindMetrics, kind, id string, f func()) {
 	defer func() {
 		if r := recover(); r != nil {
 			m.callbackPanics.Inc()

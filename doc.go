@@ -19,6 +19,11 @@
 // one token is never returned to, single-flighted with, or notified to a
 // caller presenting another.
 //
+// A source that can wait for changes without a goroutine of its own (a
+// watch multiplexed on a shared stream, as etcdkv's) implements
+// AsyncFetcher as well as Fetcher; its entries then cost no goroutine while
+// they wait, which matters from about 10^5 watched keys on.
+//
 // # Design
 //
 // The rest of this comment is for readers of the code. It states who owns
@@ -47,6 +52,19 @@
 //	waiting ──(due: now, after backoff, RefreshTimer or poll interval)──▶ fetching
 //	fetching ──(result published)──▶ waiting, or idle when nothing needs it
 //	any ──(evicted or cache closed)──▶ gone (state closed if it is an io.Closer)
+//
+// Push sources. A kind whose Fetcher also implements AsyncFetcher runs the
+// same state machine without a goroutine per entry (async.go): the entry's
+// "run" is held by whichever of these will continue it, exactly one at a
+// time: a worker of the cache's run pool (Cache.runs, at most GOMAXPROCS
+// goroutines, which exist only while runs are queued), the entry's timer
+// while it waits for backoff, a poll or the rate limit (runWait), or the
+// fetch in flight, whose done queues the run again. A kick disarms the
+// timer and queues the run. The run holds one count of Cache.wg from its
+// start to its exit, so Close waits for in-flight async fetches to answer
+// (their contexts are cancelled when Close retires the entries). An async
+// fetch's context is a fetchContext: no timer, no channel until asked,
+// and an AfterFunc method, so a waiting entry costs a few hundred bytes.
 //
 // Reasons to run: an explicit demand (a Get waiting for attempt n, recorded
 // in entry.want), a refresh kind (until evicted, or until a fatal error),
@@ -108,13 +126,14 @@
 //	              entry, never held while taking entry.mu
 //	deliverer.mu  the channel queues and their links; taken under entry.mu
 //	              (a queue's goroutine takes its head's entry.mu first)
-//	callbackPool.mu, expiry.mu, ctxWatches.mu
+//	workPool.mu, expiry.mu, ctxWatches.mu
 //	Cache.mu      kinds and the closed flags; its read side is taken last
 //	              (under any of the above) to start a goroutine
 //
-// Goroutines, each joined to Cache.wg: entry loops; the expiry loop; one
-// per channel queue while its channel is blocked; callback workers while
-// callbacks are queued. The only goroutines the cache does not own are the
+// Goroutines, each joined to Cache.wg: entry loops (pull sources); the
+// expiry loop; one per channel queue while its channel is blocked;
+// callback workers while callbacks are queued; run workers while async
+// runs are queued. The only goroutines the cache does not own are the
 // short ones context.AfterFunc starts to remove the watchers of a context
 // that was cancelled (one AfterFunc per distinct context, ctxwatch.go).
 //

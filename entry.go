@@ -61,7 +61,13 @@ type entry[V any] struct {
 
 	limiter *rate.Limiter // per-entry fetch limit; nil while the cache's limit is infinite
 
-	running     bool               // the loop goroutine exists
+	// Async kinds only (async.go): what the run waits for while it is
+	// armed, made the first time it waits (entries of blocking kinds
+	// rarely do), and whether the next fetch already holds a token.
+	wait     *runWait
+	reserved bool
+
+	running     bool               // the loop goroutine exists (async kinds: the entry's run, see async.go)
 	fetching    bool               // a fetch is in flight
 	fetchBlocks bool               // ... and it is a blocking one (MinIndex > 0)
 	fetchCancel context.CancelFunc // cancels the fetch in flight
@@ -95,9 +101,11 @@ func newEntry[V any](k *Kind[V], ek entryKey) *entry[V] {
 	e := &entry[V]{
 		k:       k,
 		key:     ek,
-		kick:    make(chan struct{}, 1),
 		queued:  true, // entryFor schedules it right after creation
 		heapIdx: -1,
+	}
+	if k.async == nil {
+		e.kick = make(chan struct{}, 1) // async runs are kicked through their timer
 	}
 	e.lastSeen.Store(time.Now().UnixNano())
 	e.useTick.Store(k.c.useClock.Load())
@@ -157,6 +165,10 @@ func (e *entry[V]) waitChanLocked() <-chan struct{} {
 
 // kickLocked wakes the loop to re-evaluate its reasons to fetch.
 func (e *entry[V]) kickLocked() {
+	if e.k.async != nil {
+		e.kickAsyncLocked()
+		return
+	}
 	select {
 	case e.kick <- struct{}{}:
 	default:

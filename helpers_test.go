@@ -3,6 +3,8 @@ package watchcache_test
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -15,8 +17,37 @@ import (
 	"github.com/watchcache/watchcache/internal/fakeupstream"
 )
 
+// pushMode makes register use the fake upstream in push mode
+// (watchcache.AsyncFetcher). TestMain runs the whole suite in both modes.
+var pushMode bool
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if code == 0 && !flagSet("test.list") {
+		// The second run covers the tests only: benchmarks choose their
+		// mode themselves.
+		for _, f := range []string{"test.bench", "test.fuzz"} {
+			if err := flag.Set(f, ""); err != nil {
+				panic(err)
+			}
+		}
+		fmt.Fprintln(os.Stderr, "watchcache_test: the suite again, with the fake upstream in push mode")
+		pushMode = true
+		code = m.Run()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// flagSet reports whether the test flag name was given a value.
+func flagSet(name string) bool {
+	f := flag.Lookup(name)
+	return f != nil && f.Value.String() != ""
 }
 
 // quiet discards the cache's logs; set WATCHCACHE_TEST_LOG=1 to see them.
@@ -44,7 +75,11 @@ func newCache(t testing.TB, opts watchcache.Options) *watchcache.Cache {
 // register registers a string kind fetched from src.
 func register(t testing.TB, c *watchcache.Cache, name string, src *fakeupstream.Source, opts watchcache.KindOptions) *watchcache.Kind[string] {
 	t.Helper()
-	k, err := watchcache.Register[string](c, name, src, opts)
+	var f watchcache.Fetcher[string] = src
+	if pushMode {
+		f = src.Push()
+	}
+	k, err := watchcache.Register[string](c, name, f, opts)
 	if err != nil {
 		t.Fatalf("Register(%q): %v", name, err)
 	}

@@ -75,6 +75,7 @@ type Kind[V any] struct {
 	c       *Cache
 	name    string
 	fetcher Fetcher[V]
+	async   AsyncFetcher[V] // fetcher, if it pushes (async.go)
 	opts    KindOptions
 	m       *kindMetrics
 	seed    maphash.Seed
@@ -103,6 +104,7 @@ func Register[V any](c *Cache, name string, f Fetcher[V], opts KindOptions) (*Ki
 		return nil, fmt.Errorf("kind %q: %w", name, err)
 	}
 	k := &Kind[V]{c: c, name: name, fetcher: f, opts: opts, seed: maphash.MakeSeed()}
+	k.async, _ = f.(AsyncFetcher[V])
 	for i := range k.shards {
 		k.shards[i].m = make(map[entryKey]*entry[V])
 	}

@@ -61,6 +61,12 @@ func (e *entry[V]) ensureLoopLocked() {
 	if e.running || e.evicted {
 		return
 	}
+	if e.k.async != nil {
+		if e.running = e.k.c.track(); e.running {
+			e.k.c.runs.enqueue(e)
+		}
+		return
+	}
 	e.running = e.k.c.goTracked(e.loop)
 }
 
@@ -204,52 +210,82 @@ func fetchGrace(timeout time.Duration) time.Duration {
 	return timeout + timeout/16 + time.Second
 }
 
+// fetchCall is one fetch attempt between its start and its result.
+type fetchCall[V any] struct {
+	n      uint64
+	opts   FetchOptions[V]
+	last   FetchResult[V] // opts.LastResult points here
+	ctx    context.Context
+	cancel context.CancelFunc
+	start  time.Time
+}
+
 // fetch runs one attempt and publishes its result.
 func (e *entry[V]) fetch() {
-	e.mu.Lock()
-	if e.evicted {
-		e.mu.Unlock()
+	var f fetchCall[V]
+	if !e.startFetch(&f) {
 		return
 	}
+	res, err := callFetch(f.ctx, e.k.fetcher, f.opts, e.request())
+	e.finishFetch(&f, res, err)
+}
+
+// request is the Request every fetch of the entry is made with.
+func (e *entry[V]) request() Request {
+	return Request{Key: e.key.key, Partition: e.key.part}
+}
+
+// startFetch records the start of an attempt in f, unless the entry is
+// gone. An async fetch gives its own context (fetchContext) in f.ctx.
+func (e *entry[V]) startFetch(f *fetchCall[V]) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.evicted {
+		return false
+	}
 	e.attempts++
-	n := e.attempts
-	opts := FetchOptions[V]{Timeout: e.k.opts.QueryTimeout}
+	f.n, f.opts = e.attempts, FetchOptions[V]{Timeout: e.k.opts.QueryTimeout}
 	if prev := e.snap.Load(); prev != nil && prev.hasValue {
-		opts.LastResult = &FetchResult[V]{Value: prev.value, Index: prev.index, State: prev.state}
+		f.last = FetchResult[V]{Value: prev.value, Index: prev.index, State: prev.state}
+		f.opts.LastResult = &f.last
 		// Block only for background refresh of a healthy entry: a Get
 		// waiting for a fresh value needs the current one now, and after a
 		// failure the current one is the recovery, which must not wait for
 		// the next change.
 		if e.k.opts.SupportsBlocking && e.want <= e.completed && prev.err == nil {
-			opts.MinIndex = prev.index
+			f.opts.MinIndex = prev.index
 		}
 	}
 	// One context per fetch, straight under the cache's: Close cancels it
 	// through the parent, the entry through fetchCancel (recording why in
 	// fetchDrop), and the deadline stops a fetch that ignores its Timeout.
-	ctx, cancel := context.WithDeadline(e.k.c.base, time.Now().Add(fetchGrace(opts.Timeout)))
-	e.fetching, e.fetchBlocks, e.fetchCancel, e.fetchDrop = true, opts.MinIndex > 0, cancel, nil
-	e.mu.Unlock()
+	f.start = time.Now()
+	if f.ctx == nil {
+		f.ctx, f.cancel = context.WithDeadline(e.k.c.base, f.start.Add(fetchGrace(f.opts.Timeout)))
+	}
+	e.fetching, e.fetchBlocks, e.fetchCancel, e.fetchDrop = true, f.opts.MinIndex > 0, f.cancel, nil
+	return true
+}
 
-	start := time.Now()
-	res, err := callFetch(ctx, e.k.fetcher, opts, Request{Key: e.key.key, Partition: e.key.part})
+// finishFetch publishes the result of f, unless the entry cancelled it.
+func (e *entry[V]) finishFetch(f *fetchCall[V], res FetchResult[V], err error) {
 	end := time.Now()
-	timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)
-	cancel()
+	timedOut := errors.Is(f.ctx.Err(), context.DeadlineExceeded)
+	f.cancel()
 
 	e.mu.Lock()
 	discard := e.fetchDrop != nil || e.evicted || e.k.c.isClosed()
 	e.fetching, e.fetchBlocks, e.fetchCancel, e.fetchDrop = false, false, nil, nil
 	if discard {
 		e.mu.Unlock()
-		e.discardState(res.State, opts.LastResult)
+		e.discardState(res.State, f.opts.LastResult)
 		return
 	}
 	if err != nil && timedOut {
-		err = fmt.Errorf("watchcache: fetch of %s %q did not return within %v: %w", e.k.name, e.key.key, fetchGrace(opts.Timeout), err)
+		err = fmt.Errorf("watchcache: fetch of %s %q did not return within %v: %w", e.k.name, e.key.key, fetchGrace(f.opts.Timeout), err)
 	}
-	e.k.m.observeFetch(end.Sub(start), err)
-	drop := e.publishLocked(n, start, end, res, err)
+	e.k.m.observeFetch(end.Sub(f.start), err)
+	drop := e.publishLocked(f.n, f.start, end, res, err)
 	e.mu.Unlock()
 	e.k.c.closeState(drop)
 }

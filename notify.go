@@ -341,11 +341,11 @@ func (w *watcher[V]) offerLocked(s *snapshot[V], ev UpdateEvent[V]) {
 	}
 }
 
-// runCallback implements callbackTask: one call of w's callback with the
+// runTask implements task: one call of w's callback with the
 // entry's latest event, then again if it changed meanwhile. A watch whose
 // context was cancelled gets no further call, even before Cache.watches
 // has removed it.
-func (w *watcher[V]) runCallback() {
+func (w *watcher[V]) runTask() {
 	e := w.e
 	e.mu.Lock()
 	if w.removed.Load() || w.cancelled() {

@@ -24,6 +24,9 @@ type Source struct {
 	calls    int
 	inFlight int
 	fetched  chan Call // if non-nil, every fetch is reported here
+
+	deadlines     pushHeap    // push-mode fetches with a Timeout (push.go)
+	deadlineTimer *time.Timer // fires at the earliest of deadlines
 }
 
 type key struct {
@@ -35,6 +38,7 @@ type key struct {
 	errNext error         // returned by the next errN fetches
 	hang    chan struct{} // while non-nil, fetches wait for it to close (or ctx)
 	changed chan struct{} // closed and replaced on every Set
+	pushes  []*push       // push-mode fetches waiting for a change (push.go)
 	calls   int
 	panicV  any // a fetch panics with this while set
 }
@@ -61,21 +65,28 @@ func (s *Source) keyLocked(name string) *key {
 	return k
 }
 
-func (k *key) wakeLocked() {
+// wakeLocked wakes the fetches of k that wait, and returns the push-mode
+// ones, which the caller must run (runPushes) once it released s.mu.
+func (k *key) wakeLocked() []*push {
 	close(k.changed)
 	k.changed = make(chan struct{})
+	p := k.pushes
+	k.pushes = nil
+	return p
 }
 
 // Set stores value under name at the next index and wakes blocked fetches
 // of name only. It returns the new index.
 func (s *Source) Set(name, value string) uint64 {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.index++
+	index := s.index
 	k := s.keyLocked(name)
-	k.value, k.index, k.exists = value, s.index, true
-	k.wakeLocked()
-	return s.index
+	k.value, k.index, k.exists = value, index, true
+	p := k.wakeLocked()
+	s.mu.Unlock()
+	s.runPushes(p)
+	return index
 }
 
 // SetIndex stores value under name at exactly index, which may be lower
@@ -83,30 +94,33 @@ func (s *Source) Set(name, value string) uint64 {
 // source). It wakes blocked fetches of name.
 func (s *Source) SetIndex(name, value string, index uint64) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	k := s.keyLocked(name)
 	k.value, k.index, k.exists = value, index, true
 	s.index = max(s.index, index)
-	k.wakeLocked()
+	p := k.wakeLocked()
+	s.mu.Unlock()
+	s.runPushes(p)
 }
 
 // Fail makes every fetch of name return err until Fail(name, nil). It wakes
 // blocked fetches so that they see it.
 func (s *Source) Fail(name string, err error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	k := s.keyLocked(name)
 	k.err = err
-	k.wakeLocked()
+	p := k.wakeLocked()
+	s.mu.Unlock()
+	s.runPushes(p)
 }
 
 // FailNext makes the next n fetches of name return err.
 func (s *Source) FailNext(name string, n int, err error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	k := s.keyLocked(name)
 	k.errN, k.errNext = n, err
-	k.wakeLocked()
+	p := k.wakeLocked()
+	s.mu.Unlock()
+	s.runPushes(p)
 }
 
 // Panic makes fetches of name panic with v (until Panic(name, nil)).
@@ -130,12 +144,15 @@ func (s *Source) Hang(name string) {
 // Release ends a Hang of name.
 func (s *Source) Release(name string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	k := s.keyLocked(name)
+	var p []*push
 	if k.hang != nil {
 		close(k.hang)
 		k.hang = nil
+		p = k.wakeLocked()
 	}
+	s.mu.Unlock()
+	s.runPushes(p)
 }
 
 // Calls returns how many fetches of name started.
@@ -188,7 +205,7 @@ func (s *Source) Fetch(ctx context.Context, opts watchcache.FetchOptions[string]
 
 	if report != nil {
 		select {
-		case report <- Call{Key: req.Key, Token: req.Partition.Token, MinIndex: opts.MinIndex, Timeout: opts.Timeout}:
+		case report <- callOf(opts, req):
 		case <-ctx.Done():
 			return watchcache.FetchResult[string]{}, ctx.Err()
 		}
@@ -217,21 +234,10 @@ func (s *Source) Fetch(ctx context.Context, opts watchcache.FetchOptions[string]
 		}
 
 		s.mu.Lock()
-		switch {
-		case k.errN > 0:
-			k.errN--
-			err := k.errNext
+		res, err, ready := k.answerLocked(opts.MinIndex)
+		if ready {
 			s.mu.Unlock()
-			return watchcache.FetchResult[string]{}, err
-		case k.err != nil:
-			err := k.err
-			s.mu.Unlock()
-			return watchcache.FetchResult[string]{}, err
-		}
-		res := watchcache.FetchResult[string]{Value: k.value, Index: k.index}
-		if opts.MinIndex == 0 || k.index != opts.MinIndex {
-			s.mu.Unlock()
-			return res, nil
+			return res, err
 		}
 		changed := k.changed
 		s.mu.Unlock()
@@ -244,4 +250,24 @@ func (s *Source) Fetch(ctx context.Context, opts watchcache.FetchOptions[string]
 			return watchcache.FetchResult[string]{}, ctx.Err()
 		}
 	}
+}
+
+// callOf is what Report tells of a fetch.
+func callOf(opts watchcache.FetchOptions[string], req watchcache.Request) Call {
+	return Call{Key: req.Key, Token: req.Partition.Token, MinIndex: opts.MinIndex, Timeout: opts.Timeout}
+}
+
+// answerLocked is a fetch's answer from k as it is now: an error set by
+// Fail or FailNext, or the value if its index differs from minIndex (or
+// minIndex is 0). ready is false when a blocking fetch must wait.
+func (k *key) answerLocked(minIndex uint64) (res watchcache.FetchResult[string], err error, ready bool) {
+	switch {
+	case k.errN > 0:
+		k.errN--
+		return res, k.errNext, true
+	case k.err != nil:
+		return res, k.err, true
+	}
+	res = watchcache.FetchResult[string]{Value: k.value, Index: k.index}
+	return res, nil, minIndex == 0 || k.index != minIndex
 }

@@ -52,6 +52,14 @@
 //	waiting ──(due: now, after backoff, RefreshTimer or poll interval)──▶ fetching
 //	fetching ──(result published)──▶ waiting, or idle when nothing needs it
 //	any ──(evicted or cache closed)──▶ gone (state closed if it is an io.Closer)
+//	idle or waiting ──(nobody read or watched it for ReleaseAfter)──▶ released
+//	released ──(a Get or a watcher: revalidate with a fetch)──▶ fetching
+//
+// A released entry (release.go) keeps its last value but no upstream
+// subscription: no background refresh, its State closed (by the loop on
+// its way out if a fetch was using it). Its value is never served as it
+// is; the next Get or Notify waits for a fetch, so one-off reads do not
+// hold an upstream watch until LastGetTTL.
 //
 // Push sources. A kind whose Fetcher also implements AsyncFetcher runs the
 // same state machine without a goroutine per entry (async.go): the entry's

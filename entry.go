@@ -15,6 +15,7 @@ type snapshot[V any] struct {
 	value    V
 	state    any  // the fetch function's opaque per-entry state
 	hasValue bool // a fetch has succeeded (or Prepopulate ran)
+	released bool // idle: the upstream subscription was let go; the value must be revalidated before use
 	index    uint64
 	maxIndex uint64 // highest index ever published, kept across resets
 	resets   uint64 // index resets so far
@@ -129,7 +130,11 @@ func (e *entry[V]) markUsed() {
 // resolution of LastGetTTL. An entry is evicted between LastGetTTL and
 // LastGetTTL + LastGetTTL/16 after its last use.
 func (e *entry[V]) expiryCheck() time.Duration {
-	return max(e.k.opts.LastGetTTL/16, time.Nanosecond)
+	d := e.k.opts.LastGetTTL / 16
+	if r := e.k.opts.ReleaseAfter; r > 0 && r < e.k.opts.LastGetTTL {
+		d = min(d, r/8) // released between ReleaseAfter and 9/8 of it
+	}
+	return max(d, time.Nanosecond)
 }
 
 // meta describes s as of now. Age is measured with the monotonic clock
@@ -196,5 +201,15 @@ func (e *entry[V]) neededLocked() bool {
 	if e.fatal {
 		return false
 	}
-	return e.k.opts.Refresh || len(e.watchers) > 0 || len(e.blockers) > 0
+	if len(e.watchers) > 0 || len(e.blockers) > 0 {
+		return true
+	}
+	return e.k.opts.Refresh && !e.releasedLocked()
+}
+
+// releasedLocked reports whether the entry let its upstream subscription go
+// (release.go).
+func (e *entry[V]) releasedLocked() bool {
+	s := e.snap.Load()
+	return s != nil && s.released
 }

@@ -127,7 +127,9 @@ func (e *entry[V]) expire(now time.Time) (time.Time, bool) {
 		e.lastSeen.Store(now.UnixNano())
 	}
 	if d := time.Unix(0, e.lastSeen.Load()).Add(e.k.opts.LastGetTTL); d.After(now) {
+		state := e.releaseIdleLocked(now)
 		e.mu.Unlock()
+		e.k.c.closeState(state)
 		return minTime(d, now.Add(e.expiryCheck())), true
 	}
 	e.queued = false

@@ -53,7 +53,7 @@ func (k *Kind[V]) Get(ctx context.Context, req Request) (V, ResultMeta, error) {
 // fresh reports whether s answers req without a fetch.
 func (k *Kind[V]) fresh(s *snapshot[V], req Request, blocking bool) bool {
 	switch {
-	case !s.hasValue, s.fatal:
+	case !s.hasValue, s.fatal, s.released:
 		return false
 	case blocking:
 		return s.satisfies(req.MinIndex)
@@ -233,6 +233,14 @@ func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *g
 		if w.need > 0 && s.attempt >= w.need {
 			return answer[V]{meta: e.meta(s, false), err: s.err}, true
 		}
+		if w.need == 0 {
+			w.need = e.requestAttemptLocked()
+		}
+		return a, false
+	}
+	if s != nil && s.released {
+		// The entry let its subscription go while idle: its value may be
+		// old, and any Get revalidates it first.
 		if w.need == 0 {
 			w.need = e.requestAttemptLocked()
 		}

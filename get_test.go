@@ -300,11 +300,14 @@ func TestGetBlockingSeesFreshError(t *testing.T) {
 
 // For refresh kinds, Age is 0 while the background query is healthy and
 // counts from the first failure while it is not; the value stays readable.
+// (The entry is kept subscribed while idle, which release_test.go covers.)
 func TestGetRefreshAge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		src := fakeupstream.New()
 		src.Set("a", "one")
-		k := register(t, newCache(t, watchcache.Options{}), "kv", src, blockingRefresh)
+		opts := blockingRefresh
+		opts.ReleaseAfter = -1
+		k := register(t, newCache(t, watchcache.Options{}), "kv", src, opts)
 		get(t, k, req("a"))
 		time.Sleep(time.Hour)
 		if _, meta := get(t, k, req("a")); meta.Age != 0 || !meta.Hit {

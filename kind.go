@@ -14,6 +14,9 @@ const (
 	// DefaultLastGetTTL is how long an unwatched entry lives after its
 	// last Get.
 	DefaultLastGetTTL = 72 * time.Hour
+	// DefaultReleaseAfter is how long an entry nobody reads or watches
+	// keeps its upstream subscription.
+	DefaultReleaseAfter = 10 * time.Minute
 )
 
 // KindOptions describe how a kind's entries are fetched and kept. The zero
@@ -42,6 +45,15 @@ type KindOptions struct {
 	// LastGetTTL is how long an entry that nobody watches lives after its
 	// last Get; 0 means DefaultLastGetTTL.
 	LastGetTTL time.Duration
+
+	// ReleaseAfter is how long an entry that nobody reads or watches keeps
+	// its upstream subscription: then its background refresh stops and
+	// its State is closed (an etcd watch, a connection), and only its last
+	// value is kept until LastGetTTL; the next Get or Notify revalidates
+	// it with a fetch before using it. 0 means DefaultReleaseAfter; a
+	// negative value, never (entries refresh until LastGetTTL, as in
+	// Consul).
+	ReleaseAfter time.Duration
 }
 
 func (o KindOptions) withDefaults() (KindOptions, error) {
@@ -60,6 +72,9 @@ func (o KindOptions) withDefaults() (KindOptions, error) {
 	}
 	if o.LastGetTTL == 0 {
 		o.LastGetTTL = DefaultLastGetTTL
+	}
+	if o.ReleaseAfter == 0 {
+		o.ReleaseAfter = DefaultReleaseAfter
 	}
 	return o, nil
 }

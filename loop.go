@@ -198,6 +198,8 @@ func (e *entry[V]) exitLocked() {
 	var state any
 	if s := e.snap.Load(); e.evicted && s != nil {
 		state = s.state // the entry is gone and nothing fetches with it any more
+	} else if s != nil && s.released {
+		state = e.dropStateLocked() // released while its fetch was in flight
 	}
 	e.mu.Unlock()
 	e.k.c.closeState(state)
@@ -240,8 +242,8 @@ func (e *entry[V]) request() Request {
 func (e *entry[V]) startFetch(f *fetchCall[V]) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.evicted {
-		return false
+	if e.evicted || !e.neededLocked() {
+		return false // released (or left) since the loop decided
 	}
 	e.attempts++
 	f.n, f.opts = e.attempts, FetchOptions[V]{Timeout: e.k.opts.QueryTimeout}
@@ -252,7 +254,7 @@ func (e *entry[V]) startFetch(f *fetchCall[V]) bool {
 		// waiting for a fresh value needs the current one now, and after a
 		// failure the current one is the recovery, which must not wait for
 		// the next change.
-		if e.k.opts.SupportsBlocking && e.want <= e.completed && prev.err == nil {
+		if e.k.opts.SupportsBlocking && e.want <= e.completed && prev.err == nil && !prev.released {
 			f.opts.MinIndex = prev.index
 		}
 	}

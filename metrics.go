@@ -18,6 +18,7 @@ type metrics struct {
 	entries        *prometheus.GaugeVec
 	watchers       *prometheus.GaugeVec
 	evictions      *prometheus.CounterVec
+	releases       *prometheus.CounterVec
 	callbackPanics *prometheus.CounterVec
 	closedChans    *prometheus.CounterVec
 }
@@ -48,6 +49,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "watchcache_evictions_total", Help: "Entries evicted, by reason (ttl, capacity).",
 		}, []string{"kind", "reason"}),
+		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watchcache_releases_total", Help: "Idle entries that let their upstream subscription go (KindOptions.ReleaseAfter).",
+		}, kind),
 		callbackPanics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "watchcache_callback_panics_total", Help: "NotifyCallback callbacks that panicked.",
 		}, kind),
@@ -59,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.hits, m.misses, m.fetches, m.fetchSeconds, m.entries, m.watchers, m.evictions, m.callbackPanics, m.closedChans} {
+	for _, c := range []prometheus.Collector{m.hits, m.misses, m.fetches, m.fetchSeconds, m.entries, m.watchers, m.evictions, m.releases, m.callbackPanics, m.closedChans} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -75,6 +79,7 @@ type kindMetrics struct {
 	fetchSeconds                  prometheus.Observer
 	entries, watchers             prometheus.Gauge
 	evictedTTL, evictedCapacity   prometheus.Counter
+	released                      prometheus.Counter
 	callbackPanics, closedChans   prometheus.Counter
 }
 
@@ -90,6 +95,7 @@ func (m *metrics) forKind(kind string) *kindMetrics {
 		watchers:        m.watchers.WithLabelValues(kind),
 		evictedTTL:      m.evictions.WithLabelValues(kind, "ttl"),
 		evictedCapacity: m.evictions.WithLabelValues(kind, "capacity"),
+		released:        m.releases.WithLabelValues(kind),
 		callbackPanics:  m.callbackPanics.WithLabelValues(kind),
 		closedChans:     m.closedChans.WithLabelValues(kind),
 	}

@@ -72,7 +72,7 @@ func (k *Kind[V]) watch(ctx context.Context, req Request, w *watcher[V]) error {
 	}
 	w.e = e
 	e.attachLocked(w)
-	if s := e.snap.Load(); s != nil {
+	if s := e.snap.Load(); s != nil && !s.released { // a released value waits for its revalidation
 		if req.MinIndex > 0 && k.opts.SupportsBlocking && !s.satisfies(req.MinIndex) && s.err == nil {
 			w.version = s.version // the caller has this one; start after it
 		}

@@ -42,6 +42,7 @@ func (e *entry[V]) publishLocked(n uint64, start, end time.Time, res FetchResult
 		*next = *prev
 	}
 	next.attempt = n
+	next.released = false
 	e.completed = max(e.completed, n)
 	e.lastStart = start
 	e.jitter = rand.Float64() / 16 // up to interval/16 on the next poll

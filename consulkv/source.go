@@ -63,8 +63,10 @@ type Config struct {
 	// need the credentials again). 0 means DefaultMaxIdentities.
 	MaxIdentities int
 
-	// LastGetTTL is passed to the kinds (see watchcache.KindOptions).
-	LastGetTTL time.Duration
+	// LastGetTTL and ReleaseAfter are passed to the kinds (see
+	// watchcache.KindOptions).
+	LastGetTTL   time.Duration
+	ReleaseAfter time.Duration
 
 	// Logger receives the source's logs; nil means slog.Default().
 	Logger *slog.Logger

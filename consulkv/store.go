@@ -30,7 +30,7 @@ var _ kvstore.Store = (*Store)(nil)
 // with one blocking query per entry, however many readers and watchers
 // share it.
 func (s *Source) Register(c *watchcache.Cache) (*Store, error) {
-	opts := watchcache.KindOptions{Refresh: true, SupportsBlocking: true, QueryTimeout: s.cfg.QueryTimeout, LastGetTTL: s.cfg.LastGetTTL}
+	opts := watchcache.KindOptions{Refresh: true, SupportsBlocking: true, QueryTimeout: s.cfg.QueryTimeout, LastGetTTL: s.cfg.LastGetTTL, ReleaseAfter: s.cfg.ReleaseAfter}
 	k := &kvstore.Kinds{}
 	var err error
 	if k.Key, err = watchcache.Register(c, KindKey, fetch(s, readKey), opts); err != nil {

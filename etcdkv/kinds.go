@@ -37,6 +37,7 @@ func (s *Source) Register(c *watchcache.Cache) (*Kinds, error) {
 		SupportsBlocking: true,
 		QueryTimeout:     s.cfg.QueryTimeout,
 		LastGetTTL:       s.cfg.LastGetTTL,
+		ReleaseAfter:     s.cfg.ReleaseAfter,
 	}
 	k := &Kinds{s: s}
 	var err error

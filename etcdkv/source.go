@@ -133,6 +133,11 @@ type Config struct {
 	QueryTimeout time.Duration
 	LastGetTTL   time.Duration
 
+	// ReleaseAfter is how long an entry nobody reads or watches keeps its
+	// etcd watch (see watchcache.KindOptions): 0 means the cache's
+	// default, negative never.
+	ReleaseAfter time.Duration
+
 	// ConfigureClient, if set, adjusts the configuration of the source's
 	// etcd client (TLS, dial options, a zap logger) after the source filled
 	// in endpoints and timeouts. It must not set credentials (Username,

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/consulkv"
 	"github.com/watchcache/watchcache/etcdkv"
 	"github.com/watchcache/watchcache/internal/agent"
@@ -51,6 +52,7 @@ type agentOptions struct {
 	entryFetchRate  float64
 	entryFetchBurst int
 	maxEntries      int
+	releaseAfter    time.Duration // 0: never
 	maxIdentities   int
 	accessCheck     etcdkv.AccessCheck
 	authCheck       time.Duration
@@ -90,6 +92,7 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 		shutdownTimeout: defaultShutdownTimeout,
 		maxIdentities:   etcdkv.DefaultMaxIdentities,
 		authCheck:       etcdkv.DefaultAuthCheckInterval,
+		releaseAfter:    watchcache.DefaultReleaseAfter,
 	}
 	c := newCommand("agent", "(-dev | -etcd host:port,...) [options]", agentAbout, stderr)
 	fs := c.fs
@@ -110,6 +113,7 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 	fs.Var(floatValue{&o.entryFetchRate}, "entry-fetch-rate", "etcd fetches per second allowed per cache entry, a `number` (0: no limit)")
 	fs.Var(intValue{&o.entryFetchBurst}, "entry-fetch-burst", "`number` of fetches a cache entry may make at once under -entry-fetch-rate (0: 2)")
 	fs.Var(intValue{&o.maxEntries}, "max-entries", "most cache `entries`; the least recently used unwatched ones are evicted (0: no bound)")
+	fs.Var(offDurationValue{&o.releaseAfter}, "release-after", "`duration` after which a key nobody reads or watches lets its upstream watch go,\nkeeping its value until the next read revalidates it (0: never)")
 	fs.Var(intValue{&o.maxIdentities}, "max-identities", "most etcd `identities` (users from basic auth or tokens) held; the least recently\nused are dropped and must authenticate again (0: 1000)")
 	fs.Var(accessCheckValue{&o.accessCheck}, "access-check", "when an identity's access is confirmed with etcd: `strict` (every change, so no\nvalue written after a revocation reaches it) or bounded (only after etcd's\nauth store changed: up to -auth-check-interval late)")
 	fs.Var(maxDurationValue{&o.authCheck, time.Second}, "auth-check-interval", "how often etcd is asked whether its users, roles or permissions changed,\na `duration` of at most 1s")
@@ -122,7 +126,7 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 	fs.Var(durationValue{&o.shutdownTimeout}, "shutdown-timeout", "`duration` open requests may take to finish on shutdown")
 	c.withEnv("http-addr", "tls-cert", "tls-key", "tls-client-ca", "etcd-cacert", "etcd-cert", "etcd-key",
 		"dev", "dev-etcd-addr", "etcd", "etcd-username", "etcd-password", "tokens",
-		"log-level", "entry-fetch-rate", "entry-fetch-burst", "max-entries", "max-identities", "access-check",
+		"log-level", "entry-fetch-rate", "entry-fetch-burst", "max-entries", "release-after", "max-identities", "access-check",
 		"auth-check-interval", "consul", "consul-token", "consul-cacert", "consul-cert", "consul-key", "datacenter", "shutdown-timeout")
 
 	if code, ok := c.parse(args, stdout, getenv); !ok {
@@ -258,6 +262,7 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 			Token:         o.consulToken,
 			TLS:           api.TLSConfig{CAFile: o.consulCA, CertFile: o.consulCert, KeyFile: o.consulKey},
 			MaxIdentities: o.maxIdentities,
+			ReleaseAfter:  o.kindReleaseAfter(),
 			Logger:        log,
 		}, o.cacheConfig(log))
 	} else {
@@ -273,6 +278,7 @@ func serveAgent(ctx context.Context, o agentOptions, stdout io.Writer, log *slog
 			MaxIdentities:     o.maxIdentities,
 			AccessCheck:       o.accessCheck,
 			AuthCheckInterval: o.authCheck,
+			ReleaseAfter:      o.kindReleaseAfter(),
 			Logger:            log,
 		}, o.tokens, o.cacheConfig(log))
 	}
@@ -367,4 +373,13 @@ func countSet(bs ...bool) int {
 		}
 	}
 	return n
+}
+
+// kindReleaseAfter is -release-after as the kinds take it: 0 (never) is
+// negative there, where 0 means the default.
+func (o agentOptions) kindReleaseAfter() time.Duration {
+	if o.releaseAfter == 0 {
+		return -1
+	}
+	return o.releaseAfter
 }

@@ -25,6 +25,7 @@ func defaultsWith(mod func(*agentOptions)) agentOptions {
 		shutdownTimeout: 30 * time.Second,
 		maxIdentities:   1000,
 		authCheck:       time.Second,
+		releaseAfter:    10 * time.Minute,
 	}
 	mod(&o)
 	return o
@@ -51,7 +52,7 @@ func TestAgentOptions(t *testing.T) {
 		{"every flag", []string{"-dev", "-http-addr", "0.0.0.0:9500", "-dev-etcd-addr", "127.0.0.1:12379",
 			"-etcd-username", "agent", "-etcd-password", "pw", "-tokens", tokensFile, "-log-level", "DEBUG",
 			"-entry-fetch-rate", "2.5", "-entry-fetch-burst", "4", "-max-entries", "1000", "-datacenter", "eu1",
-			"-shutdown-timeout", "5s", "-max-identities", "50", "-access-check", "bounded", "-auth-check-interval", "250ms"}, nil,
+			"-shutdown-timeout", "5s", "-max-identities", "50", "-access-check", "bounded", "-auth-check-interval", "250ms", "-release-after", "0"}, nil,
 			defaultsWith(func(o *agentOptions) {
 				o.dev, o.httpAddr, o.devEtcdAddr = true, "0.0.0.0:9500", "127.0.0.1:12379"
 				o.etcdUsername, o.etcdPassword = "agent", "pw"
@@ -59,13 +60,16 @@ func TestAgentOptions(t *testing.T) {
 				o.logLevel, o.entryFetchRate, o.entryFetchBurst, o.maxEntries = slog.LevelDebug, 2.5, 4, 1000
 				o.datacenter, o.shutdownTimeout = "eu1", 5*time.Second
 				o.maxIdentities, o.accessCheck, o.authCheck = 50, etcdkv.AccessCheckBounded, 250*time.Millisecond
+				o.releaseAfter = 0
 			})},
 		{"every variable", nil, map[string]string{
 			"WATCHCACHE_ETCD": "a:2379,b:2379", "WATCHCACHE_HTTP_ADDR": "127.0.0.1:9500",
 			"WATCHCACHE_ETCD_USERNAME": "agent", "WATCHCACHE_ETCD_PASSWORD": "pw", "WATCHCACHE_TOKENS": tokensFile,
 			"WATCHCACHE_LOG_LEVEL": "warn", "WATCHCACHE_ENTRY_FETCH_RATE": "10", "WATCHCACHE_ENTRY_FETCH_BURST": "3",
 			"WATCHCACHE_MAX_ENTRIES": "7", "WATCHCACHE_DATACENTER": "us2", "WATCHCACHE_SHUTDOWN_TIMEOUT": "1m",
+			"WATCHCACHE_RELEASE_AFTER": "1h",
 		}, defaultsWith(func(o *agentOptions) {
+			o.releaseAfter = time.Hour
 			o.etcd, o.httpAddr = []string{"a:2379", "b:2379"}, "127.0.0.1:9500"
 			o.etcdUsername, o.etcdPassword = "agent", "pw"
 			o.tokensFile, o.tokens = tokensFile, map[string]etcdkv.TokenUser{"t1": {User: "alice", Password: "pw"}}
@@ -127,6 +131,7 @@ func TestAgentOptionErrors(t *testing.T) {
 		{"bad log level", []string{"-dev", "-log-level", "loud"}, nil, []string{"-log-level", "debug, info, warn or error"}},
 		{"duration without unit", []string{"-dev", "-shutdown-timeout", "10"}, nil, []string{"-shutdown-timeout", "not a duration"}},
 		{"zero duration", []string{"-dev", "-shutdown-timeout", "0s"}, nil, []string{"-shutdown-timeout", "must be positive"}},
+		{"negative release-after", []string{"-dev", "-release-after", "-5m"}, nil, []string{"-release-after", "must be positive, or 0 for never"}},
 		{"http addr without port", []string{"-dev", "-http-addr", "localhost"}, nil, []string{"-http-addr", "not host:port"}},
 		{"http port out of range", []string{"-dev", "-http-addr", "127.0.0.1:99999"}, nil, []string{"-http-addr", `port "99999"`}},
 		{"https address without a certificate", []string{"-dev", "-http-addr", "https://127.0.0.1:8501"}, nil, []string{"-http-addr is https://: give -tls-cert and -tls-key"}},

@@ -84,6 +84,22 @@ func (v durationValue) Set(s string) error {
 	return nil
 }
 
+// offDurationValue is a positive duration, or 0 for "off".
+type offDurationValue struct{ p *time.Duration }
+
+func (v offDurationValue) String() string { return durationValue(v).String() }
+
+func (v offDurationValue) Set(s string) error {
+	if d, err := time.ParseDuration(strings.TrimSpace(s)); err == nil && d == 0 {
+		*v.p = 0
+		return nil
+	}
+	if err := durationValue(v).Set(s); err != nil {
+		return fmt.Errorf("%w, or 0 for never", err)
+	}
+	return nil
+}
+
 // levelValue is a log level: debug, info, warn or error.
 type levelValue struct{ p *slog.Level }
 

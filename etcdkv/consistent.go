@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/metadata"
-
 	"github.com/watchcache/watchcache"
 )
 
@@ -34,7 +32,7 @@ type stateView struct {
 
 	mu    sync.Mutex    // protects the fields below
 	moved chan struct{} // closed and replaced when rev or index moves
-	md    metadata.MD   // outgoing metadata of the watch's stream
+	mux   *watchMux     // the stream of the watch
 	owner any           // the state that writes the view now
 
 	progressing atomic.Bool // a progress request is out
@@ -83,14 +81,13 @@ func (s *Source) requestProgress(ctx context.Context, v *stateView) {
 		return
 	}
 	v.mu.Lock()
-	md := v.md
+	m := v.mux
 	v.mu.Unlock()
-	if md == nil {
+	if m == nil {
+		v.progressing.Store(false)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	if err := s.conn.RequestProgress(metadata.NewOutgoingContext(ctx, md)); err != nil {
+	if err := m.requestProgress(); err != nil {
 		v.progressing.Store(false)
 		s.log.Debug("etcdkv: asking a watch for its progress", "error", err)
 	}

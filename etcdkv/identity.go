@@ -134,7 +134,7 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 				err: errors.New("another password was accepted since; try again")}
 		}
 		// The password changed: each entry moves to the new identity at
-		// its next fetch (see fetchRange).
+		// its next fetch (see rangeFetcher.FetchAsync).
 		s.revokeLocked(old)
 	}
 	id := &identity{s: s, user: user, password: password, hash: hash, token: resp.Token, verifiedAt: verified, lastUsed: verified}

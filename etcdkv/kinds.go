@@ -53,14 +53,8 @@ func (s *Source) Register(c *watchcache.Cache) (*Kinds, error) {
 	return k, nil
 }
 
-func fetcher[V any](s *Source, parse func(string) (spec, error), derive func(spec, []Entry) V) watchcache.FetchFunc[V] {
-	return func(ctx context.Context, opts watchcache.FetchOptions[V], req watchcache.Request) (watchcache.FetchResult[V], error) {
-		sp, err := parse(req.Key)
-		if err != nil {
-			return watchcache.FetchResult[V]{}, watchcache.Fatal(err)
-		}
-		return fetchRange(ctx, s, sp, derive, opts, req.Partition)
-	}
+func fetcher[V any](s *Source, parse func(string) (spec, error), derive func(spec, []Entry) V) rangeFetcher[V] {
+	return rangeFetcher[V]{s: s, parse: parse, derive: derive}
 }
 
 // GetKey is k.Key.Get that also sees this process's writes: after a Put,

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/kvstore"
@@ -72,15 +71,15 @@ func TestApplyEvents(t *testing.T) {
 	kv := func(k string, rev int64) Entry {
 		return Entry{Key: k, Value: []byte(k), CreateIndex: 1, ModifyIndex: uint64(rev)}
 	}
-	putEv := func(k string, rev int64) *clientv3.Event {
-		return &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: []byte(k), Value: []byte(k), CreateRevision: 1, ModRevision: rev, Version: 1}}
+	putEv := func(k string, rev int64) *mvccpb.Event {
+		return &mvccpb.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte(k), Value: []byte(k), CreateRevision: 1, ModRevision: rev, Version: 1}}
 	}
-	delEv := func(k string, rev int64) *clientv3.Event {
-		return &clientv3.Event{Type: clientv3.EventTypeDelete, Kv: &mvccpb.KeyValue{Key: []byte(k), ModRevision: rev}}
+	delEv := func(k string, rev int64) *mvccpb.Event {
+		return &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte(k), ModRevision: rev}}
 	}
 	cur := []Entry{kv("b", 2), kv("d", 3)}
 	orig := slices.Clone(cur)
-	got := applyEvents(cur, []*clientv3.Event{putEv("c", 4), delEv("b", 5), putEv("a", 5), putEv("e", 6), delEv("e", 7), putEv("d", 8)}, false)
+	got := applyEvents(cur, []*mvccpb.Event{putEv("c", 4), delEv("b", 5), putEv("a", 5), putEv("e", 6), delEv("e", 7), putEv("d", 8)}, false)
 	want := []Entry{kv("a", 5), kv("c", 4), kv("d", 8)}
 	if !kvstore.SameEntries(got, want) {
 		t.Fatalf("applyEvents = %v, want %v", got, want)
@@ -88,7 +87,7 @@ func TestApplyEvents(t *testing.T) {
 	if !kvstore.SameEntries(cur, orig) {
 		t.Fatalf("applyEvents modified its input: %v, was %v", cur, orig)
 	}
-	if got := applyEvents(nil, []*clientv3.Event{putEv("x", 9)}, true); len(got) != 1 || got[0].Value != nil {
+	if got := applyEvents(nil, []*mvccpb.Event{putEv("x", 9)}, true); len(got) != 1 || got[0].Value != nil {
 		t.Fatalf("keys-only applyEvents kept the value: %+v", got)
 	}
 }

@@ -228,6 +228,11 @@ type Source struct {
 
 	auth authState // what the source knows of etcd's auth store (access.go)
 
+	muxMu sync.Mutex // protects muxes; taken before a watchMux's mu
+	muxes map[muxKey]*watchMux
+	waits waitList  // fetches waiting for a change (wait.go)
+	work  workQueue // reads and checks of fetches (wait.go)
+
 	mu      sync.Mutex // protects the fields below; never held during a request to etcd
 	own     *identity  // the source's own identity (Config.Username or anonymous)
 	pool    map[string]*identity
@@ -253,7 +258,9 @@ func New(cfg Config) (*Source, error) {
 		secret:  make([]byte, 32),
 		pool:    make(map[string]*identity),
 		stopJan: make(chan struct{}),
+		muxes:   make(map[muxKey]*watchMux),
 	}
+	s.work.s = s
 	if _, err := rand.Read(s.secret); err != nil {
 		return nil, fmt.Errorf("etcdkv: %w", err)
 	}
@@ -297,6 +304,7 @@ func New(cfg Config) (*Source, error) {
 	}
 	s.goBackground(s.janitor)
 	s.goBackground(s.watchAuth)
+	s.goBackground(s.tickWaits)
 	return s, nil
 }
 

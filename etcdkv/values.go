@@ -5,7 +5,6 @@ import (
 
 	"github.com/watchcache/watchcache/kvstore"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // The kinds' values are kvstore's: Key, Prefix and KeyList, whose entries
@@ -38,7 +37,7 @@ func fromPB(kv *mvccpb.KeyValue, keysOnly bool) Entry {
 
 // applyEvents returns cur, sorted by key, with the events of one watch
 // response applied. It never modifies cur: published values share it.
-func applyEvents(cur []Entry, evs []*clientv3.Event, keysOnly bool) []Entry {
+func applyEvents(cur []Entry, evs []*mvccpb.Event, keysOnly bool) []Entry {
 	// The last event of a key wins: events arrive in revision order.
 	type change struct {
 		kv  Entry
@@ -50,7 +49,7 @@ func applyEvents(cur []Entry, evs []*clientv3.Event, keysOnly bool) []Entry {
 			continue
 		}
 		k := string(ev.Kv.Key)
-		if ev.Type == clientv3.EventTypeDelete {
+		if ev.Type == mvccpb.DELETE {
 			changes[k] = change{kv: Entry{Key: k}, del: true}
 		} else {
 			changes[k] = change{kv: fromPB(ev.Kv, keysOnly)}

@@ -9,7 +9,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/kvstore"
@@ -22,68 +21,43 @@ import (
 const maxResyncs = 3
 
 // watchState is the State of an entry's FetchResult: its one etcd watch
-// and the keys of its range as the watch brought them. The cache hands it
-// back to every fetch of the entry and closes it when the entry goes away
-// or a fetch replaces it.
+// (multiplexed on a shared stream, mux.go) and the keys of its range as
+// the watch brought them. The cache hands it back to every fetch of the
+// entry and closes it when the entry goes away or a fetch replaces it.
 //
-// Its fields are written by fetches of the entry, which never run
-// concurrently, and by Close, which the cache calls only once no fetch
-// uses the state; the cache's entry lock orders them.
+// Its fields are guarded by mu: the stream's goroutine applies the watch's
+// responses as they come, whether or not a fetch waits (wait.go), and the
+// work of a fetch (a re-read, an access check) runs on the source's work
+// queue. s, sp, id, derive, p and view never change.
 type watchState[V any] struct {
 	s      *Source
 	sp     spec
 	id     *identity // acquired for the state's life; released by Close
 	derive func(spec, []Entry) V
+	p      watchcache.Partition // whose entry it is
+	view   *stateView           // what consistent reads see of it (consistent.go)
 
-	cancel context.CancelFunc // ends the watch; nil when none runs
-	wch    clientv3.WatchChan // nil when no watch runs: the next wait re-reads first
+	mu       sync.Mutex
+	w        *muxWatch // the watch; nil when none runs: the next wait re-reads first
+	watchErr error     // why the watch ended, if the next wait must hear it (errWatchRefused)
+	pending  *stateWait[V]
+	busy     bool // work of the pending fetch runs; it evaluates the wait when done
+	closed   bool
 
 	kvs   []Entry // the range's keys, sorted; shared with published values, never modified
 	value V       // derived from kvs
 	index uint64  // revision of the last change of the range seen (see freshIndex)
 
-	rev       int64     // highest store revision the state is known to reflect
-	revAt     time.Time // when rev was observed
-	nextCheck time.Time // next revision probe while waiting
-	failed    bool      // the last fetch failed: the next success is reported at once (recovery)
-	failedAt  time.Time // when it failed: only a probe started later tells of a recovery
-
-	p    watchcache.Partition // whose entry it is
-	view *stateView           // what consistent reads see of it (consistent.go)
+	rev      int64     // highest store revision the state is known to reflect
+	revAt    time.Time // when rev was observed
+	failed   bool      // the last fetch failed: the next success is reported at once (recovery)
+	failedAt time.Time // when it failed: only a probe started later tells of a recovery
 
 	// unconfirmed is set while value holds changes from the watch that
 	// the identity's access was not confirmed for (access.go); epoch is
 	// the auth epoch access was last confirmed in.
 	unconfirmed bool
 	epoch       uint64
-
-	closeOnce sync.Once
-}
-
-// fetchRange is the fetch function of every kind: sp is the entry's range
-// and derive makes the kind's value from its keys.
-//
-// A fetch with MinIndex (the cache refreshing a healthy entry) waits on
-// the entry's watch until the range changes, opts.Timeout ends, or a
-// revision probe finds etcd unreachable or its revision gone backwards. A
-// fetch without (the first, or a Get that needs the current value now)
-// reads the range and starts a new watch from the revision after the read.
-func fetchRange[V any](ctx context.Context, s *Source, sp spec, derive func(spec, []Entry) V, opts watchcache.FetchOptions[V], p watchcache.Partition) (watchcache.FetchResult[V], error) {
-	var prev *watchState[V]
-	if opts.LastResult != nil {
-		if st, ok := opts.LastResult.State.(*watchState[V]); ok && st.s == s && st.sp == sp {
-			prev = st
-		}
-	}
-	if prev != nil && opts.MinIndex > 0 && !s.stale(prev.id) {
-		res, err := prev.wait(ctx, opts)
-		return res, fetchErr(err)
-	}
-	st, err := openState(ctx, s, sp, p, derive, prev)
-	if err != nil {
-		return watchcache.FetchResult[V]{}, fetchErr(err)
-	}
-	return st.result(), nil
 }
 
 // openState reads sp's range with p's identity and starts its watch. The
@@ -101,8 +75,11 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 	}
 	st := &watchState[V]{s: s, sp: sp, id: id, derive: derive, p: p}
 	if prev != nil {
+		prev.mu.Lock()
 		st.kvs, st.value, st.index, st.rev = prev.kvs, prev.value, prev.index, prev.rev
-		st.epoch, st.view = prev.epoch, prev.view
+		st.epoch = prev.epoch
+		prev.mu.Unlock()
+		st.view = prev.view
 	}
 	if st.view == nil {
 		v, _ := s.views.LoadOrStore(viewKey{p, sp}, newStateView())
@@ -118,35 +95,70 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 	return st, nil
 }
 
-func (st *watchState[V]) result() watchcache.FetchResult[V] {
+// resultLocked is the state's value as a fetch returns it.
+func (st *watchState[V]) resultLocked() watchcache.FetchResult[V] {
 	return watchcache.FetchResult[V]{Value: st.value, Index: st.index, State: st}
+}
+
+func (st *watchState[V]) result() watchcache.FetchResult[V] {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.resultLocked()
 }
 
 // Close ends the watch and releases the identity. The cache calls it.
 func (st *watchState[V]) Close() error {
-	st.closeOnce.Do(func() {
-		st.stopWatch()
-		st.s.release(st.id)
-		v := st.view
-		v.mu.Lock()
-		last := v.owner == st // no newer state took the view over
-		v.mu.Unlock()
-		if last {
-			st.s.views.CompareAndDelete(viewKey{st.p, st.sp}, v)
-		}
-	})
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		return nil
+	}
+	st.closed = true
+	w := st.stopWatchLocked()
+	pending := st.pending
+	st.mu.Unlock()
+	if w != nil {
+		w.cancelWatch()
+	}
+	if pending != nil {
+		// The cache closes a state only once no fetch uses it; a wait
+		// still registered would be a bug, and must not hold the entry.
+		st.finish(pending, watchcache.FetchResult[V]{}, ErrClosed)
+	}
+	st.s.release(st.id)
+	v := st.view
+	v.mu.Lock()
+	last := v.owner == st // no newer state took the view over
+	if last {
+		v.mux = nil
+	}
+	v.mu.Unlock()
+	if last {
+		st.s.views.CompareAndDelete(viewKey{st.p, st.sp}, v)
+	}
 	return nil
 }
 
-func (st *watchState[V]) stopWatch() {
-	if st.cancel != nil {
-		st.cancel()
-	}
-	st.cancel, st.wch = nil, nil
+// stopWatchLocked forgets the watch and returns it, for the caller to
+// cancel once it released st.mu (cancelling may send on the stream).
+func (st *watchState[V]) stopWatchLocked() *muxWatch {
+	w := st.w
+	st.w = nil
+	return w
 }
 
-// observe records that the store was at revision rev (or later) now.
-func (st *watchState[V]) observe(rev int64) {
+// stopWatch ends the watch.
+func (st *watchState[V]) stopWatch() {
+	st.mu.Lock()
+	w := st.stopWatchLocked()
+	st.mu.Unlock()
+	if w != nil {
+		w.cancelWatch()
+	}
+}
+
+// observeLocked records that the store was at revision rev (or later) now.
+func (st *watchState[V]) observeLocked(rev int64) {
 	if rev > st.rev {
 		st.rev, st.revAt = rev, time.Now()
 	}
@@ -179,6 +191,7 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 	if err != nil {
 		return err
 	}
+	st.mu.Lock()
 	switch {
 	case st.index == 0 || fresh:
 	case rev < st.rev:
@@ -190,7 +203,8 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 	case kvstore.SameEntries(kvs, st.kvs):
 		st.rev, st.revAt = rev, time.Now()
 		st.view.set(st.rev, st.index)
-		st.confirmed(epoch)
+		st.confirmedLocked(epoch)
+		st.mu.Unlock()
 		return st.startWatch(ctx, rev+1)
 	}
 	st.kvs = kvs
@@ -198,13 +212,14 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 	st.index = freshIndex(st.sp, kvs, rev)
 	st.rev, st.revAt = rev, time.Now()
 	st.view.set(st.rev, st.index)
-	st.confirmed(epoch)
+	st.confirmedLocked(epoch)
+	st.mu.Unlock()
 	return st.startWatch(ctx, rev+1)
 }
 
-// confirmed records that the identity's access to the state's value was
-// confirmed in epoch.
-func (st *watchState[V]) confirmed(epoch uint64) {
+// confirmedLocked records that the identity's access to the state's value
+// was confirmed in epoch.
+func (st *watchState[V]) confirmedLocked(epoch uint64) {
 	st.unconfirmed, st.epoch = false, epoch
 }
 
@@ -219,216 +234,117 @@ func (st *watchState[V]) confirm(ctx context.Context) error {
 		}
 		return err
 	}
-	st.confirmed(epoch)
+	st.mu.Lock()
+	st.confirmedLocked(epoch)
+	st.mu.Unlock()
 	return nil
 }
 
-// needsConfirm reports whether the state's value must be confirmed before
-// it is returned.
-func (st *watchState[V]) needsConfirm() bool {
+// needsConfirmLocked reports whether the state's value must be confirmed
+// before it is returned.
+func (st *watchState[V]) needsConfirmLocked() bool {
 	return st.s.needsCheck(st.epoch, st.unconfirmed)
 }
 
-// startWatch starts the entry's watch at revision from. The watch lives
-// until the state closes, not just for this fetch: its context derives
-// from Background, with WithRequireLeader so that a member cut off from
-// its cluster ends the watch (ErrNoLeader) instead of holding it silently.
+// startWatch starts the entry's watch at revision from, on its identity's
+// stream (mux.go), and waits until etcd confirmed it, for at most the
+// request timeout. The watch lives until the state closes or a re-read
+// replaces it, not just for this fetch. etcd refuses a watch whose token
+// is stale (any auth change makes it so) with the words it uses for a
+// real denial: a checked read renews the token or tells which, and the
+// watch is tried once more.
 func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 	if h := st.s.testHookBeforeWatch; h != nil {
 		h(st.sp, from)
 	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
-	// Watch returns once etcd confirmed the watch; only that wait is
-	// bounded by the fetch's context and the request timeout.
-	rctx, rcancel := context.WithTimeout(ctx, st.s.cfg.RequestTimeout)
-	stop := context.AfterFunc(rctx, cancel)
-	opts := []clientv3.OpOption{clientv3.WithRev(from)}
-	if st.sp.isRange() {
-		opts = append(opts, clientv3.WithRange(st.sp.end()))
-	}
-	wctx = st.id.ctx(wctx)
-	md, _ := metadata.FromOutgoingContext(wctx)
-	st.view.mu.Lock()
-	st.view.md = md
-	st.view.mu.Unlock()
-	wch := st.s.conn.Watch(wctx, st.sp.start(), opts...)
-	established := stop()
-	rcancel()
-	if !established {
+	for attempt := 0; ; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, st.s.cfg.RequestTimeout)
+		w, err := st.s.watch(rctx, st.id, st.sp, from, st, func(w *muxWatch) {
+			st.mu.Lock()
+			st.w, st.watchErr = w, nil // before etcd can answer: no event is dropped
+			st.mu.Unlock()
+		})
 		cancel()
-		if err := ctx.Err(); err != nil {
-			return err
+		if err == nil {
+			st.view.mu.Lock()
+			st.view.mux = w.m
+			st.view.mu.Unlock()
+			return nil
 		}
-		return wrapErr("watch "+st.sp.describe(), fmt.Errorf("not established within %v", st.s.cfg.RequestTimeout))
-	}
-	st.wch, st.cancel = wch, cancel
-	return nil
-}
-
-// wait is a blocking fetch: it returns when the range changed, when
-// opts.Timeout ends (with the same index), or with an error when etcd
-// cannot be reached or the identity's access is gone. See fetchRange.
-func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[V]) (watchcache.FetchResult[V], error) {
-	var none watchcache.FetchResult[V]
-	timeout := time.NewTimer(opts.Timeout)
-	defer timeout.Stop()
-	check := time.NewTimer(time.Hour)
-	defer check.Stop()
-	interval := st.s.cfg.ResetCheckInterval
-	if st.failed || st.nextCheck.IsZero() {
-		// After a failure, check at once: the cache's backoff paces
-		// these fetches, and a success must be reported (the recovery).
-		st.nextCheck = time.Now()
-		if !st.failed {
-			st.nextCheck = st.nextCheck.Add(interval)
-		}
-	}
-	fail := func(err error) (watchcache.FetchResult[V], error) {
-		st.failed, st.failedAt = true, time.Now()
-		return none, err
-	}
-	// succeed returns the state's value once the identity's access to it
-	// is confirmed, as access.go requires.
-	succeed := func() (watchcache.FetchResult[V], error) {
-		if st.needsConfirm() {
-			if err := st.confirm(ctx); err != nil {
-				return fail(err)
-			}
-		}
-		st.failed = false
-		return st.result(), nil
-	}
-	_, authChanged := st.s.auth.current()
-	if st.index != opts.MinIndex || (!st.unconfirmed && st.needsConfirm()) {
-		// A fetch whose result the cache discarded (or that failed while
-		// confirming access) moved the state on, or etcd's auth store
-		// changed since the last confirmation (perhaps while no fetch
-		// waited): confirm and return.
-		return succeed()
-	}
-
-	resyncs := 0
-	for {
-		if st.wch == nil {
-			// The watch ended: read the range again and watch from there.
-			if resyncs++; resyncs > maxResyncs {
-				return fail(fmt.Errorf("etcdkv: watch of %s ended %d times in a row", st.sp.describe(), maxResyncs))
-			}
-			if err := st.resync(ctx, false); err != nil {
-				return fail(err)
-			}
-			if st.index != opts.MinIndex || st.failed {
-				return succeed()
+		st.stopWatch() // the watch that was refused, if it got that far
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded):
+			return wrapErr("watch "+st.sp.describe(), fmt.Errorf("not established within %v", st.s.cfg.RequestTimeout))
+		case accessClass(err) != nil && attempt == 0:
+			if cerr := st.confirm(ctx); cerr != nil {
+				return cerr
 			}
 			continue
 		}
-		check.Reset(time.Until(st.nextCheck))
-		select {
-		case wr, ok := <-st.wch:
-			changed, err := st.take(wr, ok)
-			switch {
-			case errors.Is(err, errWatchRefused):
-				// etcd refuses a watch whose token is stale (any auth
-				// change makes it so) with the words it uses for a real
-				// denial; a checked read renews the token or tells which.
-				if err := st.confirm(ctx); err != nil {
-					return fail(err)
-				}
-				st.stopWatch() // the next round re-reads and watches with the new token
-			case err != nil:
-				return fail(err)
-			case changed:
-				st.drain()
-				return succeed()
-			}
-		case <-authChanged:
-			// etcd's auth store changed: confirm access now, so that a
-			// revocation ends the entry's watchers even if nothing changes.
-			_, authChanged = st.s.auth.current()
-			if st.needsConfirm() {
-				return succeed()
-			}
-		case <-check.C:
-			rev, err := st.checkRevision(ctx)
-			if err != nil {
-				st.nextCheck = time.Now()
-				return fail(err)
-			}
-			st.nextCheck = time.Now().Add(interval)
-			if rev < st.rev {
-				if err := st.resync(ctx, false); err != nil {
-					return fail(err)
-				}
-				return succeed()
-			}
-			if st.failed {
-				return succeed()
-			}
-		case <-timeout.C:
-			return succeed()
-		case <-ctx.Done():
-			return none, ctx.Err()
-		}
+		return st.s.failed(st.id, wrapErr("watch "+st.sp.describe(), err))
 	}
 }
 
-// errWatchRefused is take's report of a watch that etcd cancelled for an
-// access reason, which may be a stale token rather than a denial.
+// errWatchRefused is takeLocked's report of a watch that etcd cancelled
+// for an access reason, which may be a stale token rather than a denial.
 var errWatchRefused = errors.New("etcdkv: watch refused")
 
-// take applies one watch response. It reports whether the range changed.
-// A watch that ended (compacted, no leader, closed) leaves st.wch nil for
-// a re-read; one that etcd refused returns errWatchRefused.
-func (st *watchState[V]) take(wr clientv3.WatchResponse, ok bool) (changed bool, err error) {
-	if !ok || wr.Canceled || wr.Err() != nil {
-		err := wr.Err()
-		st.stopWatch()
+// watchEvent implements watchSink: the stream's goroutine hands over a
+// response of the state's watch.
+func (st *watchState[V]) watchEvent(w *muxWatch, ev muxEvent) {
+	st.mu.Lock()
+	if st.w != w {
+		st.mu.Unlock()
+		return // a watch the state has replaced
+	}
+	if _, err := st.takeLocked(ev); err != nil {
+		st.watchErr = err
+	}
+	waiting := st.pending != nil
+	st.mu.Unlock()
+	if waiting {
+		st.evaluate()
+	}
+}
+
+// takeLocked applies one watch response. It reports whether the range
+// changed. A watch that ended (compacted, no leader, closed) leaves st.w
+// nil for a re-read; one that etcd refused returns errWatchRefused.
+func (st *watchState[V]) takeLocked(ev muxEvent) (changed bool, err error) {
+	if ev.end {
+		st.w = nil // the stream forgot it already
 		switch {
-		case accessClass(err) != nil:
+		case accessClass(ev.err) != nil:
 			return false, errWatchRefused
-		case errors.Is(err, rpctypes.ErrCompacted):
-			st.s.log.Info("etcdkv: watch fell behind a compaction; reading the current state",
-				"range", st.sp.describe(), "compact_revision", wr.CompactRevision)
+		case errors.Is(ev.err, rpctypes.ErrCompacted):
+			st.s.log.Info("etcdkv: watch fell behind a compaction; reading the current state", "range", st.sp.describe())
 		default:
-			st.s.log.Debug("etcdkv: watch ended; reading the current state", "range", st.sp.describe(), "error", err)
+			st.s.log.Debug("etcdkv: watch ended; reading the current state", "range", st.sp.describe(), "error", ev.err)
 		}
 		return false, nil
 	}
-	if len(wr.Events) == 0 {
-		st.observe(wr.Header.GetRevision()) // progress notification
+	if len(ev.events) == 0 {
+		st.observeLocked(ev.rev) // progress notification
 		return false, nil
 	}
 	// The events first, then the revision they bring the state to: a
 	// consistent read that sees the revision must see them.
-	st.kvs = applyEvents(st.kvs, wr.Events, st.sp.keysOnly())
+	st.kvs = applyEvents(st.kvs, ev.events, st.sp.keysOnly())
 	st.value = st.derive(st.sp, st.kvs)
 	st.unconfirmed = true
-	last := wr.Events[len(wr.Events)-1].Kv.ModRevision
+	last := ev.events[len(ev.events)-1].Kv.ModRevision
 	st.index = uint64(last)
-	st.observe(max(last, wr.Header.GetRevision()))
+	st.observeLocked(max(last, ev.rev))
 	return true, nil
-}
-
-// drain applies the responses that are already waiting, so a burst of
-// changes becomes one result. A response that ends the watch leaves it for
-// the next fetch.
-func (st *watchState[V]) drain() {
-	for st.wch != nil {
-		select {
-		case wr, ok := <-st.wch:
-			if _, err := st.take(wr, ok); err != nil {
-				return // st.wch is nil: the next fetch re-reads, which tells
-			}
-		default:
-			return
-		}
-	}
 }
 
 // checkRevision returns the store's current revision, from a probe that
 // started after the state observed its revision, within the last interval
 // and after the state's last failure (see revisionProbe).
 func (st *watchState[V]) checkRevision(ctx context.Context) (int64, error) {
+	st.mu.Lock()
 	since := st.revAt
 	if t := time.Now().Add(-st.s.cfg.ResetCheckInterval); t.After(since) {
 		since = t
@@ -436,6 +352,7 @@ func (st *watchState[V]) checkRevision(ctx context.Context) (int64, error) {
 	if st.failedAt.After(since) {
 		since = st.failedAt // another entry's probe from before the failure proves nothing
 	}
+	st.mu.Unlock()
 	return st.id.probe.check(ctx, since, func(ctx context.Context) (int64, error) {
 		ctx, cancel := context.WithTimeout(ctx, st.s.cfg.RequestTimeout)
 		defer cancel()

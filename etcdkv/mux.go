@@ -1,0 +1,339 @@
+package etcdkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Watches multiplexed on shared streams.
+//
+// clientv3 multiplexes the watches of one context's metadata on one gRPC
+// stream too, but runs a goroutine and a buffered channel for each watch:
+// at 10^5 watched keys that is most of an entry's cost. The source talks
+// to etcd's Watch service itself instead, as etcd's gRPC proxy does: one
+// stream per identity token (etcd authenticates a stream by the token it
+// was opened with), read by one goroutine that hands each response to its
+// watch's entry state (watchSink) by watch ID. A watch costs a map entry
+// and a small struct; the goroutines are two per stream (the reader and
+// gRPC's own), whatever the number of watches.
+//
+// Creating a watch sends a create request with an ID the source chose.
+// etcd answers every create, in order, with a created response; a refused
+// one (permission denied) carries ID -1, so answers are matched to
+// creates by order, which one lock around the sends keeps. Cancelling
+// forgets the ID at once, so late responses for it are dropped, and tells
+// etcd. Streams are opened with WithRequireLeader: a member cut off from
+// its cluster ends them (ErrNoLeader) instead of keeping them silently.
+// When a stream breaks every watch on it ends, and each entry reads its
+// range again and watches from there, on a new stream. A stream is closed
+// when its last watch is cancelled.
+
+// muxKey names a stream: an identity and the token it was opened with.
+type muxKey struct {
+	id    *identity
+	token string
+}
+
+// watchMux is one watch stream and its watches.
+type watchMux struct {
+	s   *Source
+	key muxKey
+
+	sendMu sync.Mutex // one Send at a time, and creates sent in the order of m.creating
+
+	mu       sync.Mutex // protects the fields below; taken under Source.muxMu, never the reverse
+	stream   pb.Watch_WatchClient
+	cancel   context.CancelFunc // ends the stream
+	closed   bool               // no new watches: broken, or closed when it became empty
+	watches  map[int64]*muxWatch
+	creating []*muxWatch // creates sent and not answered yet, in order
+	nextID   int64       // IDs start at 1: etcd reads 0 as "choose one"
+}
+
+// muxWatch is one watch on a stream.
+type muxWatch struct {
+	m       *watchMux
+	id      int64
+	sink    watchSink
+	created chan error // the create's answer; capacity 1
+}
+
+// watchSink receives a watch's responses on the stream's goroutine; it
+// must not block.
+type watchSink interface {
+	watchEvent(w *muxWatch, ev muxEvent)
+}
+
+// muxEvent is a response for one watch: events, a progress report (no
+// events), or its end.
+type muxEvent struct {
+	events []*mvccpb.Event
+	rev    int64 // the response's header revision
+	end    bool  // the watch ended; err says why
+	err    error
+}
+
+// errMuxClosed is a create on a stream that was closed meanwhile.
+var errMuxClosed = errors.New("etcdkv: watch stream closed")
+
+// watch starts a watch of sp from revision from, with id's token, and
+// waits (within ctx) until etcd confirmed it. registered is called with the
+// watch before its create is sent, so the sink knows it before any
+// response can come.
+func (s *Source) watch(ctx context.Context, id *identity, sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
+	for range 3 {
+		m, err := s.muxFor(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		w, err := m.create(sp, from, sink, registered)
+		if errors.Is(err, errMuxClosed) {
+			continue // closed between muxFor and create: open another
+		}
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case err := <-w.created:
+			if err != nil {
+				return nil, err
+			}
+			return w, nil
+		case <-ctx.Done():
+			w.cancelWatch()
+			return nil, ctx.Err()
+		}
+	}
+	return nil, errMuxClosed
+}
+
+// muxFor returns the open stream of id's current token, opening one if
+// needed.
+func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
+	key := muxKey{id, id.currentToken()}
+	s.muxMu.Lock()
+	if m := s.muxes[key]; m != nil {
+		s.muxMu.Unlock()
+		return m, nil
+	}
+	s.muxMu.Unlock()
+
+	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.stopCtx))
+	sctx = id.ctx(sctx)
+	stream, err := pb.NewWatchClient(s.conn.ActiveConnection()).Watch(sctx)
+	if err != nil {
+		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, s.failed(id, wrapErr("opening a watch stream", err))
+	}
+	m := &watchMux{s: s, key: key, stream: stream, cancel: cancel, watches: make(map[int64]*muxWatch)}
+
+	s.muxMu.Lock()
+	if other := s.muxes[key]; other != nil { // opened meanwhile
+		s.muxMu.Unlock()
+		cancel()
+		return other, nil
+	}
+	if !s.goBackground(m.recv) {
+		s.muxMu.Unlock()
+		cancel()
+		return nil, ErrClosed
+	}
+	s.muxes[key] = m
+	s.muxMu.Unlock()
+	return m, nil
+}
+
+// create sends the create request of a watch.
+func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
+	m.sendMu.Lock()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		m.sendMu.Unlock()
+		return nil, errMuxClosed
+	}
+	m.nextID++
+	w := &muxWatch{m: m, id: m.nextID, sink: sink, created: make(chan error, 1)}
+	m.watches[w.id] = w
+	m.creating = append(m.creating, w)
+	m.mu.Unlock()
+	registered(w)
+	cr := &pb.WatchCreateRequest{Key: []byte(sp.start()), StartRevision: from, WatchId: w.id}
+	if sp.isRange() {
+		cr.RangeEnd = []byte(sp.end())
+	}
+	err := m.stream.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}})
+	m.sendMu.Unlock()
+	if err != nil {
+		m.fail(err) // answers w's create with the error, as every other's
+	}
+	return w, nil
+}
+
+// cancelWatch ends w: its responses are dropped from now on. The stream
+// closes if w was its last watch.
+func (w *muxWatch) cancelWatch() {
+	m := w.m
+	s := m.s
+	s.muxMu.Lock()
+	m.mu.Lock()
+	if m.watches[w.id] != w {
+		m.mu.Unlock()
+		s.muxMu.Unlock()
+		return // ended already
+	}
+	delete(m.watches, w.id)
+	last := len(m.watches) == 0 && !m.closed
+	if last {
+		m.closed = true
+		if s.muxes[m.key] == m {
+			delete(s.muxes, m.key)
+		}
+	}
+	m.mu.Unlock()
+	s.muxMu.Unlock()
+	if last {
+		m.cancel() // the reader ends with the stream
+		return
+	}
+	m.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: w.id}}})
+}
+
+// requestProgress asks etcd for a progress report on the stream: once its
+// watches are synced, every one of them learns the current revision.
+func (m *watchMux) requestProgress() error {
+	return m.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}})
+}
+
+func (m *watchMux) send(req *pb.WatchRequest) error {
+	m.sendMu.Lock()
+	m.mu.Lock()
+	closed := m.closed
+	m.mu.Unlock()
+	if closed {
+		m.sendMu.Unlock()
+		return errMuxClosed
+	}
+	err := m.stream.Send(req)
+	m.sendMu.Unlock()
+	if err != nil {
+		m.fail(err)
+	}
+	return err
+}
+
+// recv is the stream's goroutine: it reads responses until the stream
+// ends, and hands each to its watch.
+func (m *watchMux) recv() {
+	for {
+		resp, err := m.stream.Recv()
+		if err != nil {
+			m.fail(err)
+			return
+		}
+		m.dispatch(resp)
+	}
+}
+
+func (m *watchMux) dispatch(resp *pb.WatchResponse) {
+	rev := resp.Header.GetRevision()
+	m.mu.Lock()
+	switch {
+	case resp.Created:
+		if len(m.creating) == 0 {
+			m.mu.Unlock()
+			m.s.log.Warn("etcdkv: etcd answered a watch create that was not asked for", "watch_id", resp.WatchId)
+			return
+		}
+		w := m.creating[0]
+		m.creating[0] = nil
+		m.creating = m.creating[1:]
+		var err error
+		if resp.Canceled {
+			err = cancelErr(resp)
+			if m.watches[w.id] == w {
+				delete(m.watches, w.id)
+			}
+		}
+		m.mu.Unlock()
+		w.created <- err
+		return
+	case resp.WatchId == clientv3.InvalidWatchID:
+		// A progress report for the whole stream.
+		ws := make([]*muxWatch, 0, len(m.watches))
+		for _, w := range m.watches {
+			ws = append(ws, w)
+		}
+		m.mu.Unlock()
+		for _, w := range ws {
+			w.sink.watchEvent(w, muxEvent{rev: rev})
+		}
+		return
+	}
+	w := m.watches[resp.WatchId]
+	if w != nil && resp.Canceled {
+		delete(m.watches, w.id)
+	}
+	m.mu.Unlock()
+	if w == nil {
+		return // cancelled meanwhile
+	}
+	ev := muxEvent{events: resp.Events, rev: rev}
+	if resp.Canceled {
+		ev.end, ev.err = true, cancelErr(resp)
+	}
+	w.sink.watchEvent(w, ev)
+}
+
+// fail ends the stream after an error: every watch on it ends with err.
+func (m *watchMux) fail(err error) {
+	s := m.s
+	s.muxMu.Lock()
+	m.mu.Lock()
+	m.closed = true
+	if s.muxes[m.key] == m {
+		delete(s.muxes, m.key)
+	}
+	creating := m.creating
+	watches := m.watches
+	m.creating, m.watches = nil, map[int64]*muxWatch{}
+	m.mu.Unlock()
+	s.muxMu.Unlock()
+	m.cancel()
+
+	err = fmt.Errorf("etcdkv: watch stream: %w", rpctypes.Error(err))
+	answered := make(map[*muxWatch]bool, len(creating))
+	for _, w := range creating {
+		answered[w] = true
+		w.created <- err
+	}
+	for _, w := range watches {
+		if !answered[w] {
+			w.sink.watchEvent(w, muxEvent{end: true, err: err})
+		}
+	}
+}
+
+// cancelErr is why etcd cancelled a watch: compaction past its start, a
+// refusal (permission denied, a stale token), or another reason.
+func cancelErr(resp *pb.WatchResponse) error {
+	switch {
+	case resp.CompactRevision != 0:
+		return rpctypes.ErrCompacted
+	case resp.CancelReason != "":
+		return rpctypes.Error(status.Error(codes.FailedPrecondition, resp.CancelReason))
+	}
+	return errors.New("etcdkv: watch cancelled by etcd")
+}

@@ -24,8 +24,13 @@ import (
 // goroutine, possibly before FetchAsync returns, with what Fetch would
 // have returned. Every rule of Fetch holds: MinIndex and Timeout, the
 // index, State, Fatal, and ctx: once ctx is cancelled, done must be called
-// promptly (Close waits for it). done does not wait for the cache's work;
-// the result is published on a goroutine of the cache's.
+// promptly (Close waits for it); its deadline cuts a fetch that outlives
+// Timeout by a grace. done does not wait for the cache's work; the result
+// is published on a goroutine of the cache's. FetchAsync must not block.
+//
+// ctx has a method AfterFunc(func()) func() bool, which context.AfterFunc
+// uses; a source that calls it directly also spares the context's Done
+// channel, the last allocation a waiting fetch's context makes.
 type AsyncFetcher[V any] interface {
 	Fetcher[V]
 	FetchAsync(ctx context.Context, opts FetchOptions[V], req Request, done func(FetchResult[V], error))
@@ -105,7 +110,7 @@ func (e *entry[V]) timerFired(gen uint32) {
 		e.reserved, w.reservation = true, nil
 	}
 	e.mu.Unlock()
-	e.drive()
+	e.k.c.runs.enqueue(e) // on the pool, not the timer's goroutine: a burst of timers must not mean a goroutine each
 }
 
 // runTask implements task: the run continues on a worker of Cache.runs.
@@ -152,11 +157,13 @@ type asyncResult[V any] struct {
 // flight; if not, it already ended and its result is published.
 func (e *entry[V]) fetchAsync() (inFlight bool) {
 	call := &asyncCall[V]{e: e}
-	call.ctx.c = e.k.c
-	call.f.ctx, call.f.cancel = &call.ctx, call.ctx.cancel
+	call.ctx.c, call.ctx.heapIdx = e.k.c, -1
+	call.f.ctx, call.f.cancel = &call.ctx, &call.ctx
 	if !e.startFetch(&call.f) {
 		return false
 	}
+	call.ctx.deadline = call.f.start.time().Add(fetchGrace(call.f.opts.Timeout)).UnixNano()
+	e.k.c.deadlines.add(&call.ctx)
 	call.start()
 	if call.state.Or(callReturned)&callDone == 0 {
 		return true // done continues the run

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -113,6 +114,80 @@ func TestAsyncDoneTwice(t *testing.T) {
 			if ev := <-ch; ev.Result == "ignored" || ev.Result == "second" {
 				t.Fatalf("a second done was published: %+v", ev)
 			}
+		}
+	})
+}
+
+// A fetch its source leaves hanging (ignoring its Timeout) is cut at
+// Timeout plus a grace, in both modes: the watcher hears of it, and the
+// entry tries again, instead of freezing until Close.
+func TestHungFetchIsCut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := fakeupstream.New()
+		src.Set("a", "one")
+		opts := blockingRefresh
+		opts.QueryTimeout = time.Minute
+		k := register(t, newCache(t, watchcache.Options{}), "kv", src, opts)
+		ch := make(chan watchcache.UpdateEvent[string], 10)
+		if err := k.Notify(t.Context(), req("a"), "", ch); err != nil {
+			t.Fatal(err)
+		}
+		recv(t, ch)
+		synctest.Wait()
+		src.Hang("a") // the blocking fetch in flight keeps waiting; so do later ones
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		ev := recv(t, ch)
+		if ev.Err == nil || !strings.Contains(ev.Err.Error(), "did not return within") {
+			t.Fatalf("event after a hung fetch = %+v, want a 'did not return within' error", ev)
+		}
+		if n := src.Calls("a"); n < 10 {
+			t.Fatalf("fetches in an hour of hung fetches cut after ~1m = %d, want many", n)
+		}
+		src.Release("a")
+		src.Set("a", "two")
+		for {
+			if ev := recv(t, ch); ev.Err == nil && ev.Result == "two" {
+				break
+			}
+		}
+	})
+}
+
+// slowPush is a push source that works a while on the calling goroutine
+// before it answers, and records how many of its calls overlap.
+type slowPush struct{ cur, peak atomic.Int32 }
+
+func (s *slowPush) Fetch(context.Context, watchcache.FetchOptions[string], watchcache.Request) (watchcache.FetchResult[string], error) {
+	panic("Fetch called on a push source")
+}
+
+func (s *slowPush) FetchAsync(_ context.Context, _ watchcache.FetchOptions[string], _ watchcache.Request, done func(watchcache.FetchResult[string], error)) {
+	n := s.cur.Add(1)
+	for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
+	}
+	time.Sleep(2 * time.Millisecond)
+	s.cur.Add(-1)
+	done(watchcache.FetchResult[string]{Value: "v", Index: 1}, nil)
+}
+
+// Async runs continue on the cache's bounded pool, also when many timers
+// (polls, backoff) fire at once: 500 polling entries never run more
+// fetches at a time than the pool has workers.
+func TestAsyncRunsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &slowPush{}
+		c := newCache(t, watchcache.Options{})
+		k, err := watchcache.Register[string](c, "poll", src, watchcache.KindOptions{Refresh: true, RefreshTimer: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 500 {
+			get(t, k, req(fmt.Sprint(i)))
+		}
+		time.Sleep(time.Second)
+		if p, bound := int(src.peak.Load()), max(2, runtime.GOMAXPROCS(0)); p > bound {
+			t.Fatalf("%d fetches ran at once, want at most the pool's %d workers", p, bound)
 		}
 	})
 }

@@ -65,7 +65,9 @@ type Cache struct {
 	deliver  deliverer
 	callback workPool // NotifyCallback callbacks
 	runs     workPool // async entries' runs (async.go)
-	watches  ctxWatches
+
+	deadlines fetchDeadlines // of async fetches in flight (asyncctx.go)
+	watches   ctxWatches
 
 	// mu protects kinds, closed and noSpawn. Goroutines are started under
 	// its read side (see goTracked) so that none is added to wg once Close

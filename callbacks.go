@@ -77,6 +77,9 @@ func (p *workPool) work() {
 		t := p.queue[0]
 		p.queue[0] = nil
 		p.queue = p.queue[1:]
+		if len(p.queue) == 0 {
+			p.queue = nil // let a burst's backing array go
+		}
 		p.mu.Unlock()
 		t.runTask()
 	}

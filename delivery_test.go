@@ -227,7 +227,7 @@ func TestNotifyCloseIsLastEvent(t *testing.T) {
 		<-ctx.Done()
 		return watchcache.FetchResult[string]{}, ctx.Err()
 	})
-	k, err := watchcache.Register(c, "kv", hang, watchcache.KindOptions{SupportsBlocking: true})
+	k, err := watchcache.Register(c, "kv", asyncIfPush(hang), watchcache.KindOptions{SupportsBlocking: true})
 	if err != nil {
 		t.Fatal(err)
 	}

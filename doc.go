@@ -71,7 +71,9 @@
 // timer and queues the run. The run holds one count of Cache.wg from its
 // start to its exit, so Close waits for in-flight async fetches to answer
 // (their contexts are cancelled when Close retires the entries). An async
-// fetch's context is a fetchContext: no timer, no channel until asked,
+// fetch's context is a fetchContext: no timer of its own (one heap of
+// deadlines and one timer per cache cut fetches a source leaves hanging,
+// as the deadline of a pull fetch's context does), no channel until asked,
 // and an AfterFunc method, so a waiting entry costs a few hundred bytes.
 //
 // Reasons to run: an explicit demand (a Get waiting for attempt n, recorded
@@ -148,7 +150,8 @@
 // Cancellation. A caller's context bounds only that caller's wait. Watchers
 // end when their context is cancelled or the cache closes. Close is a
 // broadcast and a wait: it marks the cache closed, cancels the context
-// every fetch runs under, wakes every waiting Get and entry loop
+// every pull fetch runs under (async fetches' contexts are cancelled as
+// Close retires their entries), wakes every waiting Get and entry loop
 // (Cache.done) and every channel queue (its wake channel), gives every
 // channel watcher a final event carrying ErrClosed (callbacks get none: a
 // callback that talks to the goroutine calling Close would deadlock it),

@@ -1,7 +1,6 @@
 package watchcache
 
 import (
-	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,19 +11,19 @@ import (
 // snapshot is an entry's published state. It is immutable once published:
 // a publish replaces the pointer, never the fields, so readers need no lock.
 type snapshot[V any] struct {
-	value    V
-	state    any  // the fetch function's opaque per-entry state
-	hasValue bool // a fetch has succeeded (or Prepopulate ran)
-	released bool // idle: the upstream subscription was let go; the value must be revalidated before use
-	index    uint64
+	// res is the value, its index and the fetch function's opaque
+	// per-entry state. Fetches get a pointer to it as LastResult.
+	res      FetchResult[V]
+	hasValue bool   // a fetch has succeeded (or Prepopulate ran)
+	released bool   // idle: the upstream subscription was let go; the value must be revalidated before use
 	maxIndex uint64 // highest index ever published, kept across resets
 	resets   uint64 // index resets so far
 
 	err   error // error of the latest attempt; nil when it succeeded
 	fatal bool  // err is fatal: background refresh has stopped
 
-	fetchedAt    time.Time // end of the last successful fetch
-	failingSince time.Time // end of the first failure of the current run; zero when healthy
+	fetchedAt    mono // end of the last successful fetch
+	failingSince mono // end of the first failure of the current run; 0 when healthy
 
 	attempt uint64 // the fetch attempt that produced this snapshot
 	version uint64 // bumped on every change a watcher should see
@@ -36,7 +35,7 @@ type snapshot[V any] struct {
 // for it to be passed again would stall the caller (the Consul bug this
 // cache exists to avoid).
 func (s *snapshot[V]) satisfies(min uint64) bool {
-	return s.hasValue && (s.index > min || (s.index < min && min <= s.maxIndex))
+	return s.hasValue && (s.res.Index > min || (s.res.Index < min && min <= s.maxIndex))
 }
 
 // entry is one cached key of one kind and partition. See the package
@@ -46,17 +45,17 @@ type entry[V any] struct {
 	key entryKey
 
 	used     atomic.Bool                 // a Get read the entry since the expiry loop last looked; hits set it without a lock
+	busy     atomic.Bool                 // has watchers or waiting Gets; written under mu, read by capacity eviction
 	lastSeen atomic.Int64                // Unix nanoseconds when the entry was last known used; written under mu
 	useTick  atomic.Uint64               // Cache.useClock at the last Get, for least-recently-used eviction
-	busy     atomic.Bool                 // has watchers or waiting Gets; written under mu, read by capacity eviction
 	snap     atomic.Pointer[snapshot[V]] // published state; replaced under mu, loaded without it
 
 	mu sync.Mutex // protects the fields below, and the delivery fields of its watchers
 
 	// changed is made by the first Get that waits, closed by the next
 	// publish or the eviction, and then left nil until a Get waits again.
-	// kick (capacity 1, never closed) tells the loop that its reasons to
-	// fetch changed; senders never block on it.
+	// kick (capacity 1, never closed; pull kinds only) tells the loop that
+	// its reasons to fetch changed; senders never block on it.
 	changed chan struct{}
 	kick    chan struct{}
 
@@ -64,26 +63,22 @@ type entry[V any] struct {
 
 	// Async kinds only (async.go): what the run waits for while it is
 	// armed, made the first time it waits (entries of blocking kinds
-	// rarely do), and whether the next fetch already holds a token.
-	wait     *runWait
-	reserved bool
+	// rarely do).
+	wait *runWait
 
-	running     bool               // the loop goroutine exists (async kinds: the entry's run, see async.go)
-	fetching    bool               // a fetch is in flight
-	fetchBlocks bool               // ... and it is a blocking one (MinIndex > 0)
-	fetchCancel context.CancelFunc // cancels the fetch in flight
-	fetchDrop   error              // why the entry cancelled it: its result is discarded
+	fetchCancel canceler // cancels the fetch in flight
+	fetchDrop   error    // why the entry cancelled it: its result is discarded
 
-	attempts  uint64    // fetch attempts started
-	completed uint64    // highest attempt published
-	want      uint64    // attempt some Get waits for; the loop fetches at once while want > completed
-	failures  int       // consecutive failures, for backoff
-	notBefore time.Time // no background fetch before this (backoff, RefreshTimer)
-	lastStart time.Time // start of the last attempt, for polling
-	jitter    float64   // this poll's extra wait, as a fraction of the interval
-	fatal     bool      // the last attempt failed fatally: no background fetches
+	attempts  uint64  // fetch attempts started
+	completed uint64  // highest attempt published
+	want      uint64  // attempt some Get waits for; the loop fetches at once while want > completed
+	notBefore mono    // no background fetch before this (backoff, RefreshTimer)
+	lastStart mono    // start of the last attempt, for polling
+	failures  int32   // consecutive failures, for backoff
+	jitter    float32 // this poll's extra wait, as a fraction of the interval
+	waiting   int32   // Gets waiting on this entry
+	heapIdx   int32   // position in the expiry heap; guarded by expiry.mu, not mu
 
-	waiting int // Gets waiting on this entry
 	// blockers are the Gets blocking on an index that the entry's state
 	// has not answered yet. A publish that answers one removes it at once,
 	// before its goroutine wakes, so that a Get already answered is no
@@ -93,10 +88,31 @@ type entry[V any] struct {
 	watchers []*watcher[V]
 	maxAges  map[time.Duration]int // polling watchers' MaxAge, counted
 
-	queued  bool // in the expiry heap, or being checked by the expiry loop
-	heapIdx int  // position in the expiry heap; guarded by expiry.mu, not mu
-	evicted bool // removed from its kind, or the cache closed: nothing more is published
+	running     bool // the loop goroutine exists (async kinds: the entry's run, see async.go)
+	fetching    bool // a fetch is in flight
+	fetchBlocks bool // ... and it is a blocking one (MinIndex > 0)
+	reserved    bool // async kinds: the next fetch already holds a rate limit token
+	fatal       bool // the last attempt failed fatally: no background fetches
+	queued      bool // in the expiry heap, or being checked by the expiry loop
+	evicted     bool // removed from its kind, or the cache closed: nothing more is published
 }
+
+// mono is a point in time as a compact monotonic reading: nanoseconds
+// since monoBase. It keeps entries small where time.Time would take 24
+// bytes.
+type mono int64
+
+var monoBase = time.Now()
+
+// monoOf returns t as a mono, never 0 (which fields use as "unset").
+func monoOf(t time.Time) mono {
+	if m := mono(t.Sub(monoBase)); m != 0 {
+		return m
+	}
+	return 1
+}
+
+func (m mono) time() time.Time { return monoBase.Add(time.Duration(m)) }
 
 func newEntry[V any](k *Kind[V], ek entryKey) *entry[V] {
 	e := &entry[V]{
@@ -140,14 +156,14 @@ func (e *entry[V]) expiryCheck() time.Duration {
 // meta describes s as of now. Age is measured with the monotonic clock
 // only, which costs half of time.Now.
 func (e *entry[V]) meta(s *snapshot[V], hit bool) ResultMeta {
-	m := ResultMeta{Hit: hit, Index: s.index}
+	m := ResultMeta{Hit: hit, Index: s.res.Index}
 	switch {
 	case e.k.opts.Refresh:
-		if !s.failingSince.IsZero() {
-			m.Age = time.Since(s.failingSince)
+		if s.failingSince != 0 {
+			m.Age = time.Since(s.failingSince.time())
 		}
 	case s.hasValue:
-		m.Age = time.Since(s.fetchedAt)
+		m.Age = time.Since(s.fetchedAt.time())
 	}
 	return m
 }

@@ -70,7 +70,7 @@ func (c *Cache) evictForCapacity(keep victim) bool {
 }
 
 // heapIndex implements expiring.
-func (e *entry[V]) heapIndex() *int { return &e.heapIdx }
+func (e *entry[V]) heapIndex() *int32 { return &e.heapIdx }
 
 // lastUse implements victim.
 func (e *entry[V]) lastUse() (uint64, bool) {
@@ -107,7 +107,7 @@ func (e *entry[V]) retireLocked() any {
 		return nil
 	}
 	if s := e.snap.Load(); s != nil {
-		return s.state
+		return s.res.State
 	}
 	return nil
 }

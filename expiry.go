@@ -14,7 +14,7 @@ type expiring interface {
 	// heapIndex is where the entry sits in the heap, -1 when it is not
 	// there, evictedIndex once it was evicted. Only the expiry, under its
 	// mu, reads or writes it.
-	heapIndex() *int
+	heapIndex() *int32
 }
 
 // expiry evicts entries unused for their kind's LastGetTTL.
@@ -46,7 +46,7 @@ func (x *expiry) schedule(e expiring, at time.Time) {
 	if *e.heapIndex() == evictedIndex {
 		return // evicted meanwhile (the expiry loop requeues after expire unlocked the entry)
 	}
-	heap.Push(&x.h, expItem{at: at, e: e})
+	heap.Push(&x.h, expItem{at: monoOf(at), e: e})
 	if x.h[0].e == e {
 		select {
 		case x.kick <- struct{}{}:
@@ -61,7 +61,7 @@ func (x *expiry) schedule(e expiring, at time.Time) {
 func (x *expiry) unschedule(e expiring) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if i := *e.heapIndex(); i >= 0 {
+	if i := int(*e.heapIndex()); i >= 0 {
 		heap.Remove(&x.h, i)
 	}
 	*e.heapIndex() = evictedIndex // and never again
@@ -78,14 +78,15 @@ func (x *expiry) run() {
 	var due []expiring
 	for {
 		now := time.Now()
+		monoNow := monoOf(now)
 		x.mu.Lock()
 		due = due[:0]
-		for len(x.h) > 0 && !x.h[0].at.After(now) {
+		for len(x.h) > 0 && x.h[0].at <= monoNow {
 			due = append(due, heap.Pop(&x.h).(expItem).e)
 		}
 		wait := time.Duration(-1)
 		if len(x.h) > 0 {
-			wait = x.h[0].at.Sub(now)
+			wait = time.Duration(x.h[0].at - monoNow)
 		}
 		x.mu.Unlock()
 
@@ -113,7 +114,7 @@ func (x *expiry) run() {
 }
 
 type expItem struct {
-	at time.Time
+	at mono
 	e  expiring
 }
 
@@ -122,16 +123,16 @@ type expItem struct {
 type expHeap []expItem
 
 func (h expHeap) Len() int           { return len(h) }
-func (h expHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h expHeap) Less(i, j int) bool { return h[i].at < h[j].at }
 func (h expHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	*h[i].e.heapIndex() = i
-	*h[j].e.heapIndex() = j
+	*h[i].e.heapIndex() = int32(i)
+	*h[j].e.heapIndex() = int32(j)
 }
 
 func (h *expHeap) Push(x any) {
 	it := x.(expItem)
-	*it.e.heapIndex() = len(*h)
+	*it.e.heapIndex() = int32(len(*h))
 	*h = append(*h, it)
 }
 

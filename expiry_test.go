@@ -118,7 +118,7 @@ func TestExpiryDuringInFlightFetch(t *testing.T) {
 		})
 		reg := prometheus.NewRegistry()
 		c := newCache(t, watchcache.Options{Registerer: reg})
-		k, _ := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{Refresh: true, SupportsBlocking: true, LastGetTTL: time.Hour})
+		k, _ := watchcache.Register(c, "kv", asyncIfPush(fetch), watchcache.KindOptions{Refresh: true, SupportsBlocking: true, LastGetTTL: time.Hour})
 		get(t, k, req("a")) // fetch 1; the background fetch 2 now hangs
 		time.Sleep(2 * time.Hour)
 		synctest.Wait()
@@ -158,7 +158,7 @@ func TestStateReplacedIsClosed(t *testing.T) {
 			return watchcache.FetchResult[string]{Value: "v", Index: uint64(n), State: closer(&closed)}, nil
 		})
 		c := newCache(t, watchcache.Options{})
-		k, _ := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{})
+		k, _ := watchcache.Register(c, "kv", asyncIfPush(fetch), watchcache.KindOptions{})
 		get(t, k, req("a"))
 		get(t, k, watchcache.Request{Key: "a", MustRevalidate: true})
 		synctest.Wait() // the loop closes the replaced state once it released the entry
@@ -218,7 +218,7 @@ func TestStateNotKeptIsClosed(t *testing.T) {
 			return res, nil
 		})
 		c := newCache(t, watchcache.Options{})
-		k, _ := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{})
+		k, _ := watchcache.Register(c, "kv", asyncIfPush(fetch), watchcache.KindOptions{})
 		k.Get(context.Background(), req("a"))
 		if n := closed.Load(); n != 1 {
 			t.Fatalf("closed after a failed fetch = %d, want 1", n)
@@ -278,7 +278,7 @@ func TestStateClosedOutsideEntryLock(t *testing.T) {
 		return watchcache.FetchResult[string]{Value: fmt.Sprint("v", i), Index: uint64(i), State: &slowCloser{closing, release}}, nil
 	})
 	c := newCache(t, watchcache.Options{})
-	k, err := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{})
+	k, err := watchcache.Register(c, "kv", asyncIfPush(fetch), watchcache.KindOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

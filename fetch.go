@@ -46,6 +46,7 @@ type FetchOptions[V any] struct {
 	// LastResult is the entry's last successful result, nil on the first
 	// fetch. Its State is the opaque per-entry state the previous fetch
 	// returned, for sources that keep a watch or a connection per entry.
+	// It is the cache's own copy, shared with readers: do not modify it.
 	LastResult *FetchResult[V]
 }
 

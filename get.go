@@ -44,7 +44,7 @@ func (k *Kind[V]) Get(ctx context.Context, req Request) (V, ResultMeta, error) {
 		e.markUsed()
 		if s := e.snap.Load(); s != nil && k.fresh(s, req, blocking) {
 			k.m.hits.Inc()
-			return s.value, e.meta(s, true), nil
+			return s.res.Value, e.meta(s, true), nil
 		}
 	}
 	return k.getSlow(ctx, req, ek, blocking)
@@ -61,7 +61,7 @@ func (k *Kind[V]) fresh(s *snapshot[V], req Request, blocking bool) bool {
 		return true // kept fresh in the background; Meta.Age tells otherwise
 	case req.MustRevalidate:
 		return false
-	case req.MaxAge > 0 && time.Since(s.fetchedAt) > req.MaxAge:
+	case req.MaxAge > 0 && time.Since(s.fetchedAt.time()) > req.MaxAge:
 		return false
 	}
 	return true
@@ -213,7 +213,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 				var zero V
 				return zero, e.meta(s, false), s.err
 			}
-			return s.value, e.meta(s, false), nil
+			return s.res.Value, e.meta(s, false), nil
 		}
 	}
 }
@@ -224,7 +224,7 @@ func (k *Kind[V]) getSlow(ctx context.Context, req Request, ek entryKey, blockin
 func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *getWait) (a answer[V], ok bool) {
 	k := e.k
 	reply := func(err error) (answer[V], bool) {
-		return answer[V]{value: s.value, meta: e.meta(s, w.first && err == nil), err: err}, true
+		return answer[V]{value: s.res.Value, meta: e.meta(s, w.first && err == nil), err: err}, true
 	}
 	if s != nil && s.fatal {
 		// Access was refused (or the request can never work): what this
@@ -269,7 +269,7 @@ func (e *entry[V]) answerLocked(s *snapshot[V], req Request, blocking bool, w *g
 		switch {
 		case s != nil && k.fresh(s, req, false):
 			return reply(nil)
-		case s != nil && !s.hasValue && s.err != nil && e.running && !e.fetching && time.Until(e.notBefore) > 0:
+		case s != nil && !s.hasValue && s.err != nil && e.running && !e.fetching && time.Until(e.notBefore.time()) > 0:
 			// The loop is backing off after failures: the error is current,
 			// and asking for an attempt now would defeat the backoff.
 			return answer[V]{meta: e.meta(s, false), err: s.err}, true

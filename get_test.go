@@ -86,7 +86,7 @@ func TestGetPartitionsByToken(t *testing.T) {
 			return watchcache.FetchResult[string]{Value: "secret-of-" + r.Partition.Token, Index: 5}, nil
 		})
 		c := newCache(t, watchcache.Options{})
-		k, err := watchcache.Register(c, "kv", fetch, watchcache.KindOptions{})
+		k, err := watchcache.Register(c, "kv", asyncIfPush(fetch), watchcache.KindOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

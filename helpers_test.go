@@ -125,3 +125,35 @@ func noEvent[V any](t testing.TB, ch <-chan watchcache.UpdateEvent[V]) {
 }
 
 var errBoom = errors.New("boom")
+
+// goAsync makes a pull Fetcher an AsyncFetcher: FetchAsync runs Fetch on a
+// goroutine of its own and calls done with its result (a panic becomes
+// ErrFetchPanic, as the cache reports it for Fetch). It lets the tests
+// that script their own fetch functions run in push mode too.
+type goAsync struct{ f watchcache.Fetcher[string] }
+
+func (g goAsync) Fetch(ctx context.Context, o watchcache.FetchOptions[string], r watchcache.Request) (watchcache.FetchResult[string], error) {
+	return g.f.Fetch(ctx, o, r)
+}
+
+func (g goAsync) FetchAsync(ctx context.Context, o watchcache.FetchOptions[string], r watchcache.Request, done func(watchcache.FetchResult[string], error)) {
+	go func() {
+		res, err := func() (res watchcache.FetchResult[string], err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					res, err = watchcache.FetchResult[string]{}, fmt.Errorf("%w: %v", watchcache.ErrFetchPanic, p)
+				}
+			}()
+			return g.f.Fetch(ctx, o, r)
+		}()
+		done(res, err)
+	}()
+}
+
+// asyncIfPush is f, as an AsyncFetcher in push mode.
+func asyncIfPush(f watchcache.Fetcher[string]) watchcache.Fetcher[string] {
+	if pushMode {
+		return goAsync{f}
+	}
+	return f
+}

@@ -49,7 +49,7 @@ func TestBackoff(t *testing.T) {
 
 // satisfies: the rule that lets a Get with a pre-reset index return.
 func TestSnapshotSatisfies(t *testing.T) {
-	s := &snapshot[string]{hasValue: true, index: 7, maxIndex: 100}
+	s := &snapshot[string]{hasValue: true, res: FetchResult[string]{Index: 7}, maxIndex: 100}
 	for _, tc := range []struct {
 		min  uint64
 		want bool
@@ -58,7 +58,7 @@ func TestSnapshotSatisfies(t *testing.T) {
 			t.Errorf("index 7 after max 100: satisfies(%d) = %v, want %v", tc.min, got, tc.want)
 		}
 	}
-	if (&snapshot[string]{index: 9, maxIndex: 9}).satisfies(1) {
+	if (&snapshot[string]{res: FetchResult[string]{Index: 9}, maxIndex: 9}).satisfies(1) {
 		t.Error("a snapshot without a value satisfied a blocking Get")
 	}
 }

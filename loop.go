@@ -25,7 +25,7 @@ var (
 func (e *entry[V]) cancelFetchLocked(reason error) {
 	if e.fetchCancel != nil && e.fetchDrop == nil {
 		e.fetchDrop = reason
-		e.fetchCancel()
+		e.fetchCancel.cancel()
 	}
 }
 
@@ -81,12 +81,12 @@ func (e *entry[V]) nextFetchLocked(now time.Time) (at time.Time, ok bool) {
 		return now, true
 	}
 	if e.k.opts.SupportsBlocking {
-		return e.notBefore, true
+		return e.notBefore.time(), true
 	}
 	interval := e.pollIntervalLocked()
-	next := e.lastStart.Add(interval + time.Duration(e.jitter*float64(interval)))
-	if e.notBefore.After(next) {
-		next = e.notBefore
+	next := e.lastStart.time().Add(interval + time.Duration(float64(e.jitter)*float64(interval)))
+	if nb := e.notBefore.time(); nb.After(next) {
+		next = nb
 	}
 	return next, true
 }
@@ -197,7 +197,7 @@ func (e *entry[V]) exitLocked() {
 	e.running = false
 	var state any
 	if s := e.snap.Load(); e.evicted && s != nil {
-		state = s.state // the entry is gone and nothing fetches with it any more
+		state = s.res.State // the entry is gone and nothing fetches with it any more
 	} else if s != nil && s.released {
 		state = e.dropStateLocked() // released while its fetch was in flight
 	}
@@ -216,11 +216,18 @@ func fetchGrace(timeout time.Duration) time.Duration {
 type fetchCall[V any] struct {
 	n      uint64
 	opts   FetchOptions[V]
-	last   FetchResult[V] // opts.LastResult points here
 	ctx    context.Context
-	cancel context.CancelFunc
-	start  time.Time
+	cancel canceler
+	start  mono
 }
+
+// canceler cancels a fetch's context: a context.CancelFunc (cancelFunc),
+// or an async fetch's fetchContext, without a closure to allocate.
+type canceler interface{ cancel() }
+
+type cancelFunc context.CancelFunc
+
+func (f cancelFunc) cancel() { f() }
 
 // fetch runs one attempt and publishes its result.
 func (e *entry[V]) fetch() {
@@ -248,22 +255,23 @@ func (e *entry[V]) startFetch(f *fetchCall[V]) bool {
 	e.attempts++
 	f.n, f.opts = e.attempts, FetchOptions[V]{Timeout: e.k.opts.QueryTimeout}
 	if prev := e.snap.Load(); prev != nil && prev.hasValue {
-		f.last = FetchResult[V]{Value: prev.value, Index: prev.index, State: prev.state}
-		f.opts.LastResult = &f.last
+		f.opts.LastResult = &prev.res // snapshots are immutable: shared, not copied
 		// Block only for background refresh of a healthy entry: a Get
 		// waiting for a fresh value needs the current one now, and after a
 		// failure the current one is the recovery, which must not wait for
 		// the next change.
 		if e.k.opts.SupportsBlocking && e.want <= e.completed && prev.err == nil && !prev.released {
-			f.opts.MinIndex = prev.index
+			f.opts.MinIndex = prev.res.Index
 		}
 	}
 	// One context per fetch, straight under the cache's: Close cancels it
 	// through the parent, the entry through fetchCancel (recording why in
 	// fetchDrop), and the deadline stops a fetch that ignores its Timeout.
-	f.start = time.Now()
+	start := time.Now()
+	f.start = monoOf(start)
 	if f.ctx == nil {
-		f.ctx, f.cancel = context.WithDeadline(e.k.c.base, f.start.Add(fetchGrace(f.opts.Timeout)))
+		ctx, cancel := context.WithDeadline(e.k.c.base, start.Add(fetchGrace(f.opts.Timeout)))
+		f.ctx, f.cancel = ctx, cancelFunc(cancel)
 	}
 	e.fetching, e.fetchBlocks, e.fetchCancel, e.fetchDrop = true, f.opts.MinIndex > 0, f.cancel, nil
 	return true
@@ -273,7 +281,7 @@ func (e *entry[V]) startFetch(f *fetchCall[V]) bool {
 func (e *entry[V]) finishFetch(f *fetchCall[V], res FetchResult[V], err error) {
 	end := time.Now()
 	timedOut := errors.Is(f.ctx.Err(), context.DeadlineExceeded)
-	f.cancel()
+	f.cancel.cancel()
 
 	e.mu.Lock()
 	discard := e.fetchDrop != nil || e.evicted || e.k.c.isClosed()
@@ -286,8 +294,9 @@ func (e *entry[V]) finishFetch(f *fetchCall[V], res FetchResult[V], err error) {
 	if err != nil && timedOut {
 		err = fmt.Errorf("watchcache: fetch of %s %q did not return within %v: %w", e.k.name, e.key.key, fetchGrace(f.opts.Timeout), err)
 	}
-	e.k.m.observeFetch(end.Sub(f.start), err)
-	drop := e.publishLocked(f.n, f.start, end, res, err)
+	start := f.start.time()
+	e.k.m.observeFetch(end.Sub(start), err)
+	drop := e.publishLocked(f.n, start, end, res, err)
 	e.mu.Unlock()
 	e.k.c.closeState(drop)
 }

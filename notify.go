@@ -255,7 +255,7 @@ func closedChanPanic(r any) bool {
 func (e *entry[V]) eventLocked(s *snapshot[V]) UpdateEvent[V] {
 	ev := UpdateEvent[V]{Meta: e.meta(s, false), Err: s.err}
 	if !s.fatal {
-		ev.Result = s.value // a fatal error withholds it, as Get does
+		ev.Result = s.res.Value // a fatal error withholds it, as Get does
 	}
 	return ev
 }

@@ -357,7 +357,7 @@ func TestNotifyPartitions(t *testing.T) {
 			return watchcache.FetchResult[string]{Value: r.Partition.Token, Index: 1}, nil
 		})
 		c := newCache(t, watchcache.Options{})
-		k, _ := watchcache.Register(c, "kv", fetch, blockingRefresh)
+		k, _ := watchcache.Register(c, "kv", asyncIfPush(fetch), blockingRefresh)
 		a := make(chan watchcache.UpdateEvent[string], 1)
 		b := make(chan watchcache.UpdateEvent[string], 1)
 		k.Notify(t.Context(), watchcache.Request{Key: "k", Partition: watchcache.Partition{Token: "a"}}, "", a)

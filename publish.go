@@ -44,8 +44,8 @@ func (e *entry[V]) publishLocked(n uint64, start, end time.Time, res FetchResult
 	next.attempt = n
 	next.released = false
 	e.completed = max(e.completed, n)
-	e.lastStart = start
-	e.jitter = rand.Float64() / 16 // up to interval/16 on the next poll
+	e.lastStart = monoOf(start)
+	e.jitter = rand.Float32() / 16 // up to interval/16 on the next poll
 
 	if err != nil {
 		drop = e.failedLocked(prev, next, end, res, err)
@@ -62,11 +62,11 @@ func (e *entry[V]) publishLocked(n uint64, start, end time.Time, res FetchResult
 // failedLocked fills next, a copy of prev, for a failed attempt: the last
 // good value stays, the error is recorded, and the loop backs off.
 func (e *entry[V]) failedLocked(prev, next *snapshot[V], end time.Time, res FetchResult[V], err error) (drop any) {
-	if prev == nil || !sameState(res.State, prev.state) {
+	if prev == nil || !sameState(res.State, prev.res.State) {
 		drop = res.State // a failed fetch's state is not kept
 	}
 	e.failures++
-	e.notBefore = end.Add(backoff(e.failures))
+	e.notBefore = monoOf(end.Add(backoff(int(e.failures))))
 	e.fatal = isFatal(err)
 	// Watchers hear of a failure once, not on every retry: again only
 	// when the error says something new.
@@ -74,8 +74,8 @@ func (e *entry[V]) failedLocked(prev, next *snapshot[V], end time.Time, res Fetc
 		next.version++
 		e.logFailure(err, prev)
 	}
-	if next.failingSince.IsZero() {
-		next.failingSince = end
+	if next.failingSince == 0 {
+		next.failingSince = monoOf(end)
 	}
 	next.err, next.fatal = err, e.fatal
 	return drop
@@ -87,12 +87,12 @@ func (e *entry[V]) failedLocked(prev, next *snapshot[V], end time.Time, res Fetc
 func (e *entry[V]) succeededLocked(prev, next *snapshot[V], end time.Time, res FetchResult[V]) (drop any) {
 	var prevIndex uint64
 	if prev != nil && prev.hasValue {
-		prevIndex = prev.index
+		prevIndex = prev.res.Index
 	}
 	changed := false
 	if e.k.opts.SupportsBlocking {
 		step := stepIndex(prevIndex, res.Index)
-		next.index, changed = step.index, step.changed
+		next.res.Index, changed = step.index, step.changed
 		if step.reset {
 			next.resets++
 			e.k.c.log.Info("watchcache: index went backwards; delivering the new state as a reset",
@@ -106,25 +106,25 @@ func (e *entry[V]) succeededLocked(prev, next *snapshot[V], end time.Time, res F
 	} else {
 		// Polling kinds have no index worth following: a watcher is
 		// told when the value changes, as Consul's polling Notify does.
-		next.index = max(res.Index, 1)
-		changed = prev == nil || !prev.hasValue || !reflect.DeepEqual(prev.value, res.Value)
+		next.res.Index = max(res.Index, 1)
+		changed = prev == nil || !prev.hasValue || !reflect.DeepEqual(prev.res.Value, res.Value)
 		e.failures = 0
 	}
-	e.notBefore = end.Add(backoff(e.failures))
+	e.notBefore = monoOf(end.Add(backoff(int(e.failures))))
 	if e.k.opts.Refresh {
-		e.notBefore = e.notBefore.Add(e.k.opts.RefreshTimer)
+		e.notBefore += mono(e.k.opts.RefreshTimer)
 	}
 	if prev != nil && prev.err != nil {
 		changed = true // recovery: watchers saw the error, now they see it end
 		e.k.c.log.Info("watchcache: fetch recovered", "kind", e.k.name, "key", e.key.key)
 	}
-	if prev != nil && prev.hasValue && !sameState(prev.state, res.State) {
-		drop = prev.state // replaced by the fetch function
+	if prev != nil && prev.hasValue && !sameState(prev.res.State, res.State) {
+		drop = prev.res.State // replaced by the fetch function
 	}
 	e.fatal = false
-	next.value, next.state, next.hasValue = res.Value, res.State, true
-	next.maxIndex = max(next.maxIndex, next.index)
-	next.err, next.fatal, next.failingSince, next.fetchedAt = nil, false, time.Time{}, end
+	next.res, next.hasValue = FetchResult[V]{Value: res.Value, Index: next.res.Index, State: res.State}, true
+	next.maxIndex = max(next.maxIndex, next.res.Index)
+	next.err, next.fatal, next.failingSince, next.fetchedAt = nil, false, 0, monoOf(end)
 	if changed {
 		next.version++
 	}

@@ -45,7 +45,7 @@ func TestRefreshBackoff(t *testing.T) {
 			return watchcache.FetchResult[string]{}, errBoom
 		})
 		c := newCache(t, watchcache.Options{})
-		k, _ := watchcache.Register(c, "kv", fetch, blockingRefresh)
+		k, _ := watchcache.Register(c, "kv", asyncIfPush(fetch), blockingRefresh)
 		const entries = 20
 		for i := range entries {
 			if _, _, err := k.Get(context.Background(), req(fmt.Sprint(i))); !errors.Is(err, errBoom) {
@@ -90,7 +90,7 @@ func TestRefreshZeroIndexDoesNotSpin(t *testing.T) {
 			return watchcache.FetchResult[string]{Value: "v", Index: 0}, nil
 		})
 		c := newCache(t, watchcache.Options{})
-		k, _ := watchcache.Register(c, "kv", fetch, blockingRefresh)
+		k, _ := watchcache.Register(c, "kv", asyncIfPush(fetch), blockingRefresh)
 		v, meta := get(t, k, req("a"))
 		if v != "v" || meta.Index != 1 {
 			t.Fatalf("Get = %q %+v, want index 1", v, meta)
@@ -111,7 +111,7 @@ func TestRefreshRateLimit(t *testing.T) {
 			return watchcache.FetchResult[string]{Value: "v", Index: uint64(n)}, nil // always changed
 		})
 		c := newCache(t, watchcache.Options{EntryFetchRate: 2, EntryFetchBurst: 1})
-		k, _ := watchcache.Register(c, "kv", fetch, blockingRefresh)
+		k, _ := watchcache.Register(c, "kv", asyncIfPush(fetch), blockingRefresh)
 		get(t, k, req("a"))
 		time.Sleep(10 * time.Second)
 		if n := calls.Load(); n < 19 || n > 22 {

@@ -24,7 +24,7 @@ func (e *entry[V]) releaseIdleLocked(now time.Time) (state any) {
 	if time.Unix(0, e.lastSeen.Load()).Add(after).After(now) {
 		return nil
 	}
-	if !e.k.opts.Refresh && s.state == nil {
+	if !e.k.opts.Refresh && s.res.State == nil {
 		return nil // nothing fetches or holds the source for it
 	}
 	next := *s
@@ -45,11 +45,11 @@ func (e *entry[V]) releaseIdleLocked(now time.Time) (state any) {
 // it, for the caller to close.
 func (e *entry[V]) dropStateLocked() any {
 	s := e.snap.Load()
-	if s == nil || s.state == nil {
+	if s == nil || s.res.State == nil {
 		return nil
 	}
 	next := *s
-	next.state = nil
+	next.res.State = nil
 	e.snap.Store(&next)
-	return s.state
+	return s.res.State
 }

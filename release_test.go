@@ -148,7 +148,7 @@ func TestReleaseClosesState(t *testing.T) {
 			open.Add(1)
 			return watchcache.FetchResult[string]{Value: "v", Index: 1, State: closingState{&open}}, nil
 		})
-		k, err := watchcache.Register[string](newCache(t, watchcache.Options{}), "kv", fetch, releaseOpts)
+		k, err := watchcache.Register(newCache(t, watchcache.Options{}), "kv", asyncIfPush(fetch), releaseOpts)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,14 +31,14 @@ type stateView struct {
 	index atomic.Uint64 // index of the state's value
 
 	mu    sync.Mutex    // protects the fields below
-	moved chan struct{} // closed and replaced when rev or index moves
+	moved chan struct{} // closed when rev or index moves; made by the first reader that waits
 	mux   *watchMux     // the stream of the watch
 	owner any           // the state that writes the view now
 
 	progressing atomic.Bool // a progress request is out
 }
 
-func newStateView() *stateView { return &stateView{moved: make(chan struct{})} }
+func newStateView() *stateView { return &stateView{} }
 
 // set records the state's revision and index and wakes waiting readers.
 func (v *stateView) set(rev int64, index uint64) {
@@ -52,13 +52,19 @@ func (v *stateView) set(rev int64, index uint64) {
 	v.index.Store(index)
 	v.rev.Store(rev)
 	v.progressing.Store(false)
-	close(v.moved)
-	v.moved = make(chan struct{})
+	if v.moved != nil { // most views never have a reader waiting
+		close(v.moved)
+		v.moved = nil
+	}
 }
 
+// changed returns a channel closed when rev or index next moves.
 func (v *stateView) changed() <-chan struct{} {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.moved == nil {
+		v.moved = make(chan struct{})
+	}
 	return v.moved
 }
 

@@ -2,6 +2,12 @@
 // prefixes and key listings of etcd, cached, shared and kept fresh by one
 // etcd watch per cache entry, with the etcd revision as the index.
 //
+// It is a push source (watchcache.AsyncFetcher): an entry waiting for a
+// change costs no goroutine. The watches of one identity share one etcd
+// watch stream, read by one goroutine, so the source runs a constant
+// number of goroutines however many keys are watched, and a watched key
+// costs the client about what etcd's server pays for its watcher.
+//
 // # Using it
 //
 //	src, err := etcdkv.New(etcdkv.Config{Endpoints: []string{"http://127.0.0.1:2379"}})
@@ -56,9 +62,13 @@
 //     fetch returns an error, the cache backs off, keeps serving the last
 //     value with a growing Age and tells watchers once; when etcd is back,
 //     the next check succeeds and the entry recovers by itself.
-//   - Leader loss. Watches require a leader (clientv3.WithRequireLeader): a
-//     member cut off from its cluster ends them instead of holding them
-//     silently, and the entry re-reads and watches again.
+//   - Leader loss. Watch streams require a leader (clientv3.WithRequireLeader):
+//     a member cut off from its cluster ends them instead of holding them
+//     silently, and each entry on the stream re-reads and watches again,
+//     on a new stream.
+//   - Idle keys. An entry nobody reads or watches for Config.ReleaseAfter
+//     (watchcache.DefaultReleaseAfter) cancels its etcd watch and keeps
+//     its value, which the next read revalidates.
 //
 // # Identities
 //

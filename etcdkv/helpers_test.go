@@ -21,6 +21,9 @@ import (
 // TestMain fails the package if a goroutine of a Source, a cache, an etcd
 // client or server outlives the tests.
 func TestMain(m *testing.M) {
+	if os.Getenv(childEtcdEnv) != "" {
+		os.Exit(runChildEtcd()) // BenchmarkEtcdNotifyManyKeys's etcd
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -107,6 +107,7 @@ func (s *Source) watch(ctx context.Context, id *identity, sp spec, from int64, s
 			if err != nil {
 				return nil, err
 			}
+			w.created = nil // answered: the only send is done; a watch is kept for long
 			return w, nil
 		case <-ctx.Done():
 			w.cancelWatch()
@@ -260,6 +261,9 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 		w := m.creating[0]
 		m.creating[0] = nil
 		m.creating = m.creating[1:]
+		if len(m.creating) == 0 {
+			m.creating = nil // let a burst's backing array go
+		}
 		var err error
 		if resp.Canceled {
 			err = cancelErr(resp)

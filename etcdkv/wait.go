@@ -94,20 +94,24 @@ type stateWait[V any] struct {
 	st       *watchState[V]
 	ctx      context.Context
 	minIndex uint64
-	deadline time.Time // when its Timeout passes
+	deadline int64 // when its Timeout passes, in Unix nanoseconds
 	done     func(watchcache.FetchResult[V], error)
 	stopCtx  func() bool
 	link     waitLink
 
 	// Guarded by st.mu.
-	first    bool   // not evaluated yet
 	epoch    uint64 // the auth epoch it last looked at
-	resyncs  int    // re-reads because the watch ended
-	checkNow bool   // check the store's revision at once: the last fetch failed
+	probe    *probeResult
+	resyncs  int32 // re-reads because the watch ended
+	first    bool  // not evaluated yet
+	checkNow bool  // check the store's revision at once: the last fetch failed
 	timedOut bool
-	hasProbe bool // a probe's revision is in rev
-	rev      int64
-	probeErr error
+}
+
+// probeResult is a revision probe's answer for a wait.
+type probeResult struct {
+	rev int64
+	err error
 }
 
 // waitLink links the source's pending waits, whatever their value type.
@@ -119,17 +123,17 @@ type waitLink struct {
 // pendingWait is what the ticker needs of a stateWait.
 type pendingWait interface {
 	identity() *identity
-	timeoutAt() time.Time
+	timeoutAt() int64 // Unix nanoseconds
 	timeout()
 	authChanged()
-	probe(ctx context.Context) (int64, error)
+	probeRevision(ctx context.Context) (int64, error)
 	probed(rev int64, err error)
 }
 
 // wait registers a blocking fetch on st (see the comment at the top).
 func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[V], done func(watchcache.FetchResult[V], error)) {
 	s := st.s
-	w := &stateWait[V]{st: st, ctx: ctx, minIndex: opts.MinIndex, deadline: time.Now().Add(opts.Timeout), done: done, first: true}
+	w := &stateWait[V]{st: st, ctx: ctx, minIndex: opts.MinIndex, deadline: time.Now().Add(opts.Timeout).UnixNano(), done: done, first: true}
 	w.link.w = w
 	s.waits.add(&w.link)
 	st.mu.Lock()
@@ -143,7 +147,7 @@ func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[
 	w.epoch = s.auth.epoch.Load()
 	w.checkNow = st.failed // after a failure, check at once: a success is the recovery
 	st.mu.Unlock()
-	stop := afterFunc(ctx, func() { st.finish(w, watchcache.FetchResult[V]{}, ctx.Err()) })
+	stop := afterFunc(ctx, w.cancelled)
 	st.mu.Lock()
 	w.stopCtx = stop // finishLocked reads it under st.mu
 	st.mu.Unlock()
@@ -224,11 +228,11 @@ func (st *watchState[V]) evaluate() {
 			rev, err := st.checkRevision(w.ctx)
 			st.revisionIs(w, rev, err)
 		})
-	case w.hasProbe:
-		w.hasProbe = false
-		rev, err := w.rev, w.probeErr
+	case w.probe != nil:
+		p := w.probe
+		w.probe = nil
 		st.mu.Unlock()
-		st.revisionIs(w, rev, err)
+		st.revisionIs(w, p.rev, p.err)
 	case w.timedOut:
 		st.succeedLocked(w)
 	default:
@@ -341,8 +345,11 @@ func (st *watchState[V]) finishLocked(w *stateWait[V], res watchcache.FetchResul
 	w.done(res, err)
 }
 
-func (w *stateWait[V]) identity() *identity  { return w.st.id }
-func (w *stateWait[V]) timeoutAt() time.Time { return w.deadline }
+// cancelled answers w with its context's error.
+func (w *stateWait[V]) cancelled() { w.st.finish(w, watchcache.FetchResult[V]{}, w.ctx.Err()) }
+
+func (w *stateWait[V]) identity() *identity { return w.st.id }
+func (w *stateWait[V]) timeoutAt() int64    { return w.deadline }
 
 func (w *stateWait[V]) timeout() {
 	w.st.mu.Lock()
@@ -353,12 +360,14 @@ func (w *stateWait[V]) timeout() {
 
 func (w *stateWait[V]) authChanged() { w.st.evaluate() }
 
-func (w *stateWait[V]) probe(ctx context.Context) (int64, error) { return w.st.checkRevision(ctx) }
+func (w *stateWait[V]) probeRevision(ctx context.Context) (int64, error) {
+	return w.st.checkRevision(ctx)
+}
 
 func (w *stateWait[V]) probed(rev int64, err error) {
 	w.st.mu.Lock()
 	if w.st.pending == w {
-		w.hasProbe, w.rev, w.probeErr = true, rev, err
+		w.probe = &probeResult{rev, err}
 	}
 	w.st.mu.Unlock()
 	w.st.evaluate()
@@ -427,7 +436,7 @@ func (s *Source) tickWaits() {
 		case now := <-t.C:
 			waits := s.waits.snapshot()
 			for _, w := range waits {
-				if !now.Before(w.timeoutAt()) {
+				if now.UnixNano() >= w.timeoutAt() {
 					w.timeout()
 				}
 			}
@@ -450,7 +459,7 @@ func (s *Source) probeWaits(waits []pendingWait) {
 	}
 	for _, group := range byID {
 		s.work.run(func() {
-			rev, err := group[0].probe(s.stopCtx)
+			rev, err := group[0].probeRevision(s.stopCtx)
 			if err == nil {
 				for _, w := range group {
 					w.probed(rev, nil)
@@ -460,7 +469,7 @@ func (s *Source) probeWaits(waits []pendingWait) {
 			group[0].probed(0, err)
 			for _, w := range group[1:] {
 				s.work.run(func() {
-					rev, err := w.probe(s.stopCtx)
+					rev, err := w.probeRevision(s.stopCtx)
 					w.probed(rev, err)
 				})
 			}
@@ -505,6 +514,9 @@ func (q *workQueue) work() {
 		f := q.queue[0]
 		q.queue[0] = nil
 		q.queue = q.queue[1:]
+		if len(q.queue) == 0 {
+			q.queue = nil // let a burst's backing array go
+		}
 		q.mu.Unlock()
 		f()
 	}

@@ -72,6 +72,9 @@ func (k *key) wakeLocked() []*push {
 	k.changed = make(chan struct{})
 	p := k.pushes
 	k.pushes = nil
+	for _, q := range p {
+		q.listed = false
+	}
 	return p
 }
 

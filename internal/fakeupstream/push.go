@@ -33,6 +33,7 @@ type push struct {
 	deadline int64       // when its Timeout passes (Unix nanoseconds); 0 if it has none
 	heapIdx  int         // in Source.deadlines; -1 when not there
 	timedOut bool        // answer with the value, changed or not
+	listed   bool        // in its key's list
 	stopCtx  func() bool // ends the watch on its context
 }
 
@@ -173,11 +174,17 @@ func (s *Source) runPushes(ps []*push) {
 // answered if the list is full, so that a key that never changes does not
 // keep them all.
 func (k *key) addPushLocked(p *push) {
+	if p.listed {
+		return // waiting there already (its deadline passed while the key hangs)
+	}
+	p.listed = true
 	if len(k.pushes) == cap(k.pushes) {
 		live := k.pushes[:0]
 		for _, q := range k.pushes {
 			if !q.answered.Load() {
 				live = append(live, q)
+			} else {
+				q.listed = false
 			}
 		}
 		clear(k.pushes[len(live):])

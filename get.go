@@ -61,7 +61,7 @@ func (k *Kind[V]) fresh(s *snapshot[V], req Request, blocking bool) bool {
 		return true // kept fresh in the background; Meta.Age tells otherwise
 	case req.MustRevalidate:
 		return false
-	case req.MaxAge > 0 && time.Since(s.fetchedAt.time()) > req.MaxAge:
+	case req.MaxAge > 0 && s.fetchedAt.since() > req.MaxAge:
 		return false
 	}
 	return true

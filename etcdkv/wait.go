@@ -43,7 +43,7 @@ func (st *watchState[V]) wait(ctx context.Context, opts watchcache.FetchOptions[
 	if st.pending != nil || st.closed {
 		st.mu.Unlock()
 		s.waits.remove(&w.link)
-		done(watchcache.FetchResult[V]{}, fmt.Errorf("etcdkv: internal error: a second fetch on one entry state"))
+		done(watchcache.FetchResult[V]{}, fmt.Errorf("etcdkv: internal error: a fetch on an entry state that is closed or has a fetch already"))
 		return
 	}
 	st.pending = w

@@ -129,3 +129,81 @@ func ExampleKind_NotifyCallback() {
 	// sky=blue@1
 	// sky=grey@2
 }
+
+// pushStore is a push source: a fetch waiting for a change is a callback
+// in a list, not a goroutine, and set answers the waiting ones.
+type pushStore struct {
+	mu      sync.Mutex
+	value   string
+	index   uint64
+	waiting []func()
+}
+
+// Fetch serves requests that bypass the cache (an empty Key).
+func (s *pushStore) Fetch(ctx context.Context, opts watchcache.FetchOptions[string], req watchcache.Request) (watchcache.FetchResult[string], error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return watchcache.FetchResult[string]{Value: s.value, Index: s.index}, nil
+}
+
+// FetchAsync answers at once if the index passed MinIndex, and otherwise
+// when the value changes or ctx is cancelled, whichever comes first.
+// (Timeout is left to the cache's deadline here: a real source answers by
+// then.)
+func (s *pushStore) FetchAsync(ctx context.Context, opts watchcache.FetchOptions[string], _ watchcache.Request, done func(watchcache.FetchResult[string], error)) {
+	var once sync.Once
+	answer := func(res watchcache.FetchResult[string], err error) { once.Do(func() { done(res, err) }) }
+	s.mu.Lock()
+	if s.index > opts.MinIndex {
+		res := watchcache.FetchResult[string]{Value: s.value, Index: s.index}
+		s.mu.Unlock()
+		answer(res, nil)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { answer(watchcache.FetchResult[string]{}, ctx.Err()) })
+	s.waiting = append(s.waiting, func() {
+		stop()
+		answer(watchcache.FetchResult[string]{Value: s.value, Index: s.index}, nil) // called with s.mu held
+	})
+	s.mu.Unlock()
+}
+
+func (s *pushStore) set(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.value, s.index = v, s.index+1
+	for _, f := range s.waiting {
+		f()
+	}
+	s.waiting = nil
+}
+
+func ExampleAsyncFetcher() {
+	c, err := watchcache.New(watchcache.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	src := &pushStore{value: "blue", index: 1}
+	// src implements AsyncFetcher: its entries hold no goroutine while they
+	// wait for a change.
+	colors, err := watchcache.Register[string](c, "color", src, watchcache.KindOptions{Refresh: true, SupportsBlocking: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan watchcache.UpdateEvent[string], 1)
+	if err := colors.Notify(ctx, watchcache.Request{Key: "sky"}, "", events); err != nil {
+		log.Fatal(err)
+	}
+	ev := <-events
+	fmt.Println(ev.Result, ev.Meta.Index)
+	src.set("grey")
+	ev = <-events
+	fmt.Println(ev.Result, ev.Meta.Index)
+	// Output:
+	// blue 1
+	// grey 2
+}

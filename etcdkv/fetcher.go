@@ -2,6 +2,7 @@ package etcdkv
 
 import (
 	"context"
+	"time"
 
 	"github.com/watchcache/watchcache"
 )
@@ -27,6 +28,9 @@ import (
 // the blocking wait did: answer the fetch, keep waiting, or queue work
 // (re-read the range, confirm access, check the revision) that evaluates
 // again when it is done. At most one piece of work runs per state (busy).
+// When etcd does not answer a read, the reads queued before it fail at once
+// with its error (outage, work.go): every entry hears of an outage within
+// about one request timeout, however many are queued.
 
 // rangeFetcher is the fetcher of a kind: sp is the entry's range, derive
 // makes the kind's value from its keys.
@@ -72,7 +76,12 @@ func (f rangeFetcher[V]) FetchAsync(ctx context.Context, opts watchcache.FetchOp
 		prev.wait(ctx, opts, done)
 		return
 	}
+	queued := time.Now()
 	s.work.run(func() {
+		if err := s.outage.since(queued); err != nil {
+			done(watchcache.FetchResult[V]{}, fetchErr(err))
+			return
+		}
 		st, err := openState(ctx, s, sp, req.Partition, f.derive, prev)
 		if err != nil {
 			done(watchcache.FetchResult[V]{}, fetchErr(err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -48,7 +49,8 @@ type watchMux struct {
 	s   *Source
 	key muxKey
 
-	sendMu sync.Mutex // one Send at a time, and creates sent in the order of m.creating
+	sendMu       sync.Mutex // one Send at a time, and creates sent in the order of m.creating
+	progressSent int64      // progress requests sent; guarded by sendMu
 
 	mu       sync.Mutex // protects the fields below; taken under Source.muxMu, never the reverse
 	stream   pb.Watch_WatchClient
@@ -57,14 +59,22 @@ type watchMux struct {
 	watches  map[int64]*muxWatch
 	creating []*muxWatch // creates sent and not answered yet, in order
 	nextID   int64       // IDs start at 1: etcd reads 0 as "choose one"
+	// progressRecv counts the progress reports received. etcd answers
+	// progress requests in order (merging some), and a report covers only
+	// the watches that existed when etcd took its request: a watch takes
+	// reports only once more have come than requests were sent before its
+	// create (progressBase), which may skip some but never takes one that
+	// predates it.
+	progressRecv int64
 }
 
 // muxWatch is one watch on a stream.
 type muxWatch struct {
-	m       *watchMux
-	id      int64
-	sink    watchSink
-	created chan error // the create's answer; capacity 1
+	m            *watchMux
+	id           int64
+	progressBase int64 // progress requests sent before its create (see progressRecv)
+	sink         watchSink
+	created      chan error // the create's answer; capacity 1
 }
 
 // watchSink receives a watch's responses on the stream's goroutine; it
@@ -129,7 +139,7 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 	s.muxMu.Unlock()
 
 	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.stopCtx))
-	sctx = id.ctx(sctx)
+	sctx = id.ctxWithToken(sctx, key.token)
 	stream, err := pb.NewWatchClient(s.conn.ActiveConnection()).Watch(sctx)
 	if err != nil {
 		cancel()
@@ -166,7 +176,7 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 		return nil, errMuxClosed
 	}
 	m.nextID++
-	w := &muxWatch{m: m, id: m.nextID, sink: sink, created: make(chan error, 1)}
+	w := &muxWatch{m: m, id: m.nextID, progressBase: m.progressSent, sink: sink, created: make(chan error, 1)}
 	m.watches[w.id] = w
 	m.creating = append(m.creating, w)
 	m.mu.Unlock()
@@ -228,6 +238,9 @@ func (m *watchMux) send(req *pb.WatchRequest) error {
 		return errMuxClosed
 	}
 	err := m.stream.Send(req)
+	if _, progress := req.RequestUnion.(*pb.WatchRequest_ProgressRequest); progress && err == nil {
+		m.progressSent++
+	}
 	m.sendMu.Unlock()
 	if err != nil {
 		m.fail(err)
@@ -273,12 +286,19 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 		}
 		m.mu.Unlock()
 		w.created <- err
+		if resp.Canceled {
+			m.closeIfIdle()
+		}
 		return
 	case resp.WatchId == clientv3.InvalidWatchID:
-		// A progress report for the whole stream.
+		// A progress report for the whole stream: for the watches it
+		// covers (see progressRecv).
+		m.progressRecv++
 		ws := make([]*muxWatch, 0, len(m.watches))
 		for _, w := range m.watches {
-			ws = append(ws, w)
+			if m.progressRecv > w.progressBase {
+				ws = append(ws, w)
+			}
 		}
 		m.mu.Unlock()
 		for _, w := range ws {
@@ -299,6 +319,30 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 		ev.end, ev.err = true, cancelErr(resp)
 	}
 	w.sink.watchEvent(w, ev)
+	if resp.Canceled {
+		m.closeIfIdle()
+	}
+}
+
+// closeIfIdle closes the stream if etcd ended its last watch (a refused
+// create, a compaction): nothing else would, and a stream of an old token
+// would never be used again.
+func (m *watchMux) closeIfIdle() {
+	s := m.s
+	s.muxMu.Lock()
+	m.mu.Lock()
+	idle := len(m.watches) == 0 && len(m.creating) == 0 && !m.closed
+	if idle {
+		m.closed = true
+		if s.muxes[m.key] == m {
+			delete(s.muxes, m.key)
+		}
+	}
+	m.mu.Unlock()
+	s.muxMu.Unlock()
+	if idle {
+		m.cancel()
+	}
 }
 
 // fail ends the stream after an error: every watch on it ends with err.
@@ -337,7 +381,26 @@ func cancelErr(resp *pb.WatchResponse) error {
 	case resp.CompactRevision != 0:
 		return rpctypes.ErrCompacted
 	case resp.CancelReason != "":
-		return rpctypes.Error(status.Error(codes.FailedPrecondition, resp.CancelReason))
+		return reasonErr(resp.CancelReason)
 	}
 	return errors.New("etcdkv: watch cancelled by etcd")
+}
+
+// reasonErr turns a cancel reason into the error etcd means. etcd writes
+// the whole gRPC error there ("rpc error: code = PermissionDenied desc =
+// etcdserver: permission denied"); its description is what rpctypes knows
+// (ErrPermissionDenied, ErrInvalidAuthToken, ErrAuthOldRevision...).
+func reasonErr(reason string) error {
+	code, desc := codes.FailedPrecondition, reason
+	if _, rest, ok := strings.Cut(reason, "rpc error: code = "); ok {
+		if name, d, ok := strings.Cut(rest, " desc = "); ok {
+			desc = d
+			for c := codes.OK; c <= codes.Unauthenticated; c++ {
+				if c.String() == name {
+					code = c
+				}
+			}
+		}
+	}
+	return rpctypes.Error(status.Error(code, desc))
 }

@@ -228,10 +228,11 @@ type Source struct {
 
 	auth authState // what the source knows of etcd's auth store (access.go)
 
-	muxMu sync.Mutex // protects muxes; taken before a watchMux's mu
-	muxes map[muxKey]*watchMux
-	waits waitList  // fetches waiting for a change (wait.go)
-	work  workQueue // reads and checks of fetches (wait.go)
+	muxMu  sync.Mutex // protects muxes; taken before a watchMux's mu
+	muxes  map[muxKey]*watchMux
+	waits  waitList  // fetches waiting for a change (wait.go)
+	work   workQueue // reads and checks of fetches (work.go)
+	outage outage    // the last read etcd did not answer (work.go)
 
 	mu      sync.Mutex // protects the fields below; never held during a request to etcd
 	own     *identity  // the source's own identity (Config.Username or anonymous)

@@ -33,12 +33,18 @@ type identityKey struct{}
 // a caller's metadata must not make it someone else's. An anonymous
 // identity carries none.
 func (id *identity) ctx(ctx context.Context) context.Context {
+	return id.ctxWithToken(ctx, id.currentToken())
+}
+
+// ctxWithToken is ctx with token as id's, for a caller that read the token
+// already (a watch stream is filed under the token it carries).
+func (id *identity) ctxWithToken(ctx context.Context, token string) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx)
 	md = md.Copy()
 	md.Delete(rpctypes.TokenFieldNameGRPC)
 	md.Delete("authorization")
 	if id.password != "" {
-		md.Set(rpctypes.TokenFieldNameGRPC, id.currentToken())
+		md.Set(rpctypes.TokenFieldNameGRPC, token)
 		ctx = context.WithValue(ctx, identityKey{}, id)
 	}
 	return metadata.NewOutgoingContext(ctx, md)

@@ -102,7 +102,12 @@ func (st *watchState[V]) evaluate() {
 			st.failLocked(w, fmt.Errorf("etcdkv: watch of %s ended %d times in a row", st.sp.describe(), maxResyncs))
 			return
 		}
+		queued := time.Now()
 		st.workLocked(func() {
+			if err := st.s.outage.since(queued); err != nil {
+				st.fail(w, err)
+				return
+			}
 			if err := st.resync(w.ctx, false); err != nil {
 				st.fail(w, err)
 				return
@@ -127,8 +132,13 @@ func (st *watchState[V]) evaluate() {
 	switch {
 	case w.checkNow:
 		w.checkNow = false
+		queued := time.Now()
 		st.workLocked(func() {
-			rev, err := st.checkRevision(w.ctx)
+			if err := st.s.outage.since(queued); err != nil {
+				st.revisionIs(w, 0, err)
+				return
+			}
+			rev, err := st.checkRevision(w.ctx, time.Time{})
 			st.revisionIs(w, rev, err)
 		})
 	case w.probe != nil:
@@ -154,7 +164,12 @@ func (st *watchState[V]) revisionIs(w *stateWait[V], rev int64, err error) {
 	case err != nil:
 		st.failLocked(w, err)
 	case rev < st.rev:
+		queued := time.Now()
 		st.workLocked(func() {
+			if err := st.s.outage.since(queued); err != nil {
+				st.fail(w, err)
+				return
+			}
 			if err := st.resync(w.ctx, false); err != nil {
 				st.fail(w, err)
 				return
@@ -263,15 +278,16 @@ func (w *stateWait[V]) timeout() {
 
 func (w *stateWait[V]) authChanged() { w.st.evaluate() }
 
-func (w *stateWait[V]) probeRevision(ctx context.Context) (int64, error) {
-	return w.st.checkRevision(ctx)
+func (w *stateWait[V]) probeRevision(ctx context.Context, since time.Time) (int64, error) {
+	return w.st.checkRevision(ctx, since)
 }
 
-func (w *stateWait[V]) probed(rev int64, err error) {
-	w.st.mu.Lock()
-	if w.st.pending == w {
+func (w *stateWait[V]) probed(rev int64, err error, start time.Time) {
+	st := w.st
+	st.mu.Lock()
+	if st.pending == w && (start.IsZero() || (!start.Before(st.revAt) && !start.Before(st.failedAt))) {
 		w.probe = &probeResult{rev, err}
 	}
-	w.st.mu.Unlock()
-	w.st.evaluate()
+	st.mu.Unlock()
+	st.evaluate()
 }

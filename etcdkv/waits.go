@@ -18,8 +18,11 @@ type pendingWait interface {
 	timeoutAt() int64 // Unix nanoseconds
 	timeout()
 	authChanged()
-	probeRevision(ctx context.Context) (int64, error)
-	probed(rev int64, err error)
+	probeRevision(ctx context.Context, since time.Time) (int64, error)
+	// probed tells the wait a probe's answer; a probe that started
+	// (start) before its state last observed a revision or failed says
+	// nothing to it. A zero start is a probe made for this wait alone.
+	probed(rev int64, err error, start time.Time)
 }
 
 // waitList is the source's pending waits.
@@ -99,27 +102,43 @@ func (s *Source) tickWaits() {
 }
 
 // probeWaits asks etcd for its revision once per identity among waits,
-// and tells each wait. A failed probe may be its entry's own (its key
-// denied): then each wait of that identity probes for itself.
+// and tells each wait. A probe etcd did not answer fails them all; one
+// that failed otherwise may be its entry's own (its key denied): then each
+// wait of that identity probes for itself.
 func (s *Source) probeWaits(waits []pendingWait) {
 	byID := make(map[*identity][]pendingWait)
 	for _, w := range waits {
 		byID[w.identity()] = append(byID[w.identity()], w)
 	}
 	for _, group := range byID {
+		queued := time.Now()
 		s.work.run(func() {
-			rev, err := group[0].probeRevision(s.stopCtx)
-			if err == nil {
+			start := time.Now()
+			if err := s.outage.since(queued); err != nil {
 				for _, w := range group {
-					w.probed(rev, nil)
+					w.probed(0, err, time.Time{})
 				}
 				return
 			}
-			group[0].probed(0, err)
+			rev, err := group[0].probeRevision(s.stopCtx, start)
+			if err == nil {
+				for _, w := range group {
+					w.probed(rev, nil, start)
+				}
+				return
+			}
+			if s.outage.since(start) != nil {
+				// etcd did not answer: the same goes for every wait.
+				for _, w := range group {
+					w.probed(0, err, time.Time{})
+				}
+				return
+			}
+			group[0].probed(0, err, time.Time{})
 			for _, w := range group[1:] {
 				s.work.run(func() {
-					rev, err := w.probeRevision(s.stopCtx)
-					w.probed(rev, err)
+					rev, err := w.probeRevision(s.stopCtx, time.Time{})
+					w.probed(rev, err, time.Time{})
 				})
 			}
 		})

@@ -266,6 +266,13 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 		})
 		cancel()
 		if err == nil {
+			st.mu.Lock()
+			closed := st.closed
+			st.mu.Unlock()
+			if closed { // closed while the watch was being made: it must not outlive the state
+				st.stopWatch()
+				return ErrClosed
+			}
 			st.view.mu.Lock()
 			st.view.mux = w.m
 			st.view.mu.Unlock()
@@ -277,7 +284,9 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 			return ctx.Err()
 		case errors.Is(err, context.DeadlineExceeded):
 			return wrapErr("watch "+st.sp.describe(), fmt.Errorf("not established within %v", st.s.cfg.RequestTimeout))
-		case accessClass(err) != nil && attempt == 0:
+		case (accessClass(err) != nil || staleToken(err)) && attempt == 0:
+			// A checked read renews a stale token (or tells the denial);
+			// the next create goes on the new token's stream.
 			if cerr := st.confirm(ctx); cerr != nil {
 				return cerr
 			}
@@ -316,7 +325,7 @@ func (st *watchState[V]) takeLocked(ev muxEvent) (changed bool, err error) {
 	if ev.end {
 		st.w = nil // the stream forgot it already
 		switch {
-		case accessClass(ev.err) != nil:
+		case accessClass(ev.err) != nil, staleToken(ev.err):
 			return false, errWatchRefused
 		case errors.Is(ev.err, rpctypes.ErrCompacted):
 			st.s.log.Info("etcdkv: watch fell behind a compaction; reading the current state", "range", st.sp.describe())
@@ -341,11 +350,13 @@ func (st *watchState[V]) takeLocked(ev muxEvent) (changed bool, err error) {
 }
 
 // checkRevision returns the store's current revision, from a probe that
-// started after the state observed its revision, within the last interval
-// and after the state's last failure (see revisionProbe).
-func (st *watchState[V]) checkRevision(ctx context.Context) (int64, error) {
+// started after the state observed its revision, within the last interval,
+// after the state's last failure and after since (see revisionProbe).
+func (st *watchState[V]) checkRevision(ctx context.Context, since time.Time) (int64, error) {
 	st.mu.Lock()
-	since := st.revAt
+	if st.revAt.After(since) {
+		since = st.revAt
+	}
 	if t := time.Now().Add(-st.s.cfg.ResetCheckInterval); t.After(since) {
 		since = t
 	}
@@ -357,6 +368,7 @@ func (st *watchState[V]) checkRevision(ctx context.Context) (int64, error) {
 		ctx, cancel := context.WithTimeout(ctx, st.s.cfg.RequestTimeout)
 		defer cancel()
 		resp, err := st.s.conn.Get(st.id.ctx(ctx), st.sp.probeKey(), clientv3.WithCountOnly())
+		st.s.outage.note(ctx, err)
 		if err != nil {
 			return 0, st.s.failed(st.id, wrapErr("checking etcd's revision for "+st.sp.describe(), err))
 		}
@@ -370,6 +382,7 @@ func (s *Source) read(ctx context.Context, id *identity, sp spec) ([]Entry, int6
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := s.conn.Get(id.ctx(ctx), sp.start(), sp.readOpts()...)
+	s.outage.note(ctx, err)
 	if err != nil {
 		return nil, 0, s.failed(id, wrapErr("read "+sp.describe(), err))
 	}

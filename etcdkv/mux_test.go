@@ -1,0 +1,149 @@
+package etcdkv
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/internal/etcdtest"
+)
+
+// etcd writes the whole gRPC error into a refused create's cancel reason;
+// the source must still tell a denial and a stale token, which it renews,
+// from other reasons.
+func TestCancelReasons(t *testing.T) {
+	for _, tc := range []struct {
+		reason     string
+		denied     bool
+		stale      bool
+		compacted  bool
+		compactRev int64
+	}{
+		{reason: rpctypes.ErrGRPCPermissionDenied.Error(), denied: true},
+		{reason: rpctypes.ErrGRPCInvalidAuthToken.Error(), stale: true},
+		{reason: rpctypes.ErrGRPCAuthOldRevision.Error(), stale: true},
+		{reason: "etcdserver: permission denied", denied: true}, // a bare description, as older servers write
+		{reason: "", compactRev: 7, compacted: true},
+		{reason: "something else"},
+	} {
+		err := cancelErr(&pb.WatchResponse{Created: true, Canceled: true, WatchId: -1, CancelReason: tc.reason, CompactRevision: tc.compactRev})
+		if got := errors.Is(accessClass(err), ErrPermissionDenied); got != tc.denied {
+			t.Errorf("reason %q -> %v: denied %v, want %v", tc.reason, err, got, tc.denied)
+		}
+		if got := staleToken(err); got != tc.stale {
+			t.Errorf("reason %q -> %v: stale token %v, want %v", tc.reason, err, got, tc.stale)
+		}
+		if got := errors.Is(err, rpctypes.ErrCompacted); got != tc.compacted {
+			t.Errorf("reason %q -> %v: compacted %v, want %v", tc.reason, err, got, tc.compacted)
+		}
+	}
+}
+
+// streamCounts returns the source's open watch streams and how many of
+// them have no watch.
+func streamCounts(s *Source) (streams, empty int) {
+	s.muxMu.Lock()
+	defer s.muxMu.Unlock()
+	for _, m := range s.muxes {
+		streams++
+		m.mu.Lock()
+		if len(m.watches) == 0 {
+			empty++
+		}
+		m.mu.Unlock()
+	}
+	return streams, empty
+}
+
+// A watch etcd refuses at its create (the user lost access between the
+// entry's read and its watch) is a denial, fatal for the entry, and the
+// stream it was the only watch of is closed rather than kept open forever.
+func TestRefusedWatchCreate(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	put(t, cli, "/a/x", "v1")
+	c.EnableAuth(t, []etcdtest.User{{Name: "u", Password: "u-pw", Roles: []etcdtest.Role{{Name: "ra", Prefix: "/a/", Perm: etcdtest.PermRead}}}})
+	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
+	src, err := New(testConfig(c, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	src.testHookBeforeWatch = func(sp spec, from int64) {
+		if calls.Add(1) != 1 {
+			return
+		}
+		// On a work goroutine of the source: errors are reported, not fatal.
+		if _, err := root.RoleRevokePermission(testCtx(t), "ra", "/a/", clientv3.GetPrefixRangeEnd("/a/")); err != nil {
+			t.Errorf("hook: %v", err)
+		}
+	}
+	f := fixtureFor(t, src)
+	p := login(t, src, "u", "u-pw")
+	_, _, err = f.kinds.GetKey(testCtx(t), KeyRequest("/a/x", p))
+	if !errors.Is(err, ErrPermissionDenied) || !errors.Is(err, watchcache.ErrFatal) {
+		t.Fatalf("GetKey after the watch was refused: %v, want a fatal ErrPermissionDenied", err)
+	}
+	if streams, empty := streamCounts(src); streams != 0 {
+		t.Fatalf("watch streams open after the only watch was refused: %d (%d with no watch), want 0", streams, empty)
+	}
+}
+
+// A progress report answers the progress requests etcd took before it; a
+// watch created later on the same stream must not take its revision (its
+// events up to there may still be on their way), or a consistent read of
+// its entry would return a value older than a write acknowledged before
+// the read began. Here another entry's consistent read asks for progress
+// right after each new entry read its key and before its watch exists,
+// and a write lands in between.
+func TestProgressReportsOnlyCoverOlderWatches(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	src, err := New(testConfig(c, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.testHookBeforeWatch = func(sp spec, from int64) {
+		if !strings.HasPrefix(sp.requestKey(), "/b/") {
+			return
+		}
+		if _, err := cli.Put(testCtx(t), sp.requestKey(), "v2"); err != nil {
+			t.Errorf("hook: %v", err)
+		}
+		src.muxMu.Lock()
+		var m *watchMux
+		for _, x := range src.muxes {
+			m = x
+		}
+		src.muxMu.Unlock()
+		if m != nil {
+			m.requestProgress()
+		}
+	}
+	f := fixtureFor(t, src)
+	put(t, cli, "/a", "x")
+	watch(t, f.kinds.Key, KeyRequest("/a", self)) // keeps the stream open
+	getKey(t, f, KeyRequest("/a", self))
+	const n = 20
+	for i := range n {
+		key := "/b/" + strconv.Itoa(i)
+		put(t, cli, key, "v1")
+		getKey(t, f, KeyRequest(key, self)) // reads v1; the hook writes v2
+		v, _, err := f.kinds.ReadKey(testCtx(t), KeyRequest(key, self))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if keyOf(v) != "v2" {
+			t.Fatalf("consistent read of %s = %q, want v2, written before the read began", key, keyOf(v))
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -110,4 +111,91 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// An idle event stream over HTTP/2 is kept: no write deadline stays armed
+// between events (an armed HTTP/2 deadline resets the stream when it
+// passes, whether or not a write is in progress), so a stream that waits
+// longer than EventWriteTimeout for its next event, with no heartbeat in
+// between, still gets it.
+func TestSSEIdleStreamKeptOverHTTP2(t *testing.T) {
+	cache, err := watchcache.New(watchcache.Options{Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	store, err := memstore.New(cache, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := store.Put(ctx, watchcache.Partition{}, "k", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 200 * time.Millisecond
+	a, err := New(Config{Store: store, Cache: cache, Logger: testLogger(), EventWriteTimeout: timeout, HeartbeatInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := tlstest.NewCA(t, "ca")
+	served := make(chan error, 1)
+	go func() { served <- a.ServeTLS(ln, &tls.Config{Certificates: []tls.Certificate{ca.Server("agent").TLS}}) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(ctx, waitFor)
+		defer cancel()
+		if err := a.Shutdown(sctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	tr := &http.Transport{TLSClientConfig: ca.ClientConfig(nil), ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get("https://" + ln.Addr().String() + "/v1/watch/kv/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("stream over %s, want HTTP/2", resp.Proto)
+	}
+	events := make(chan string, 4)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				events <- data
+			}
+		}
+	}()
+	next := func(what string) string {
+		t.Helper()
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatalf("%s: the stream ended", what)
+			}
+			return ev
+		case <-time.After(waitFor):
+			t.Fatalf("%s: no event within %v", what, waitFor)
+		}
+		return ""
+	}
+	next("first event")
+	time.Sleep(3 * timeout) // idle for longer than an event may take
+	if err := store.Put(ctx, watchcache.Partition{}, "k", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next("event after an idle while"); !strings.Contains(ev, `"Value":"dHdv"`) {
+		t.Fatalf("event after an idle while = %s, want the value two", ev)
+	}
+	if n := counterValue(t, a.droppedStreams); n != 0 {
+		t.Fatalf("dropped streams counted: %v, want 0", n)
+	}
 }

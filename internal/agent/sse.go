@@ -202,16 +202,17 @@ func streamEvents[V any](a *Agent, w http.ResponseWriter, r *http.Request, kind 
 const streamChunk = 64 << 10
 
 // streamWriter writes a stream's events, each piece of at most streamChunk
-// bytes within its own write deadline, and then flushes. cut (when the
-// request ends) makes a write in progress, and every later one, fail at
-// once. Its methods are called by the handler's goroutine, except cut.
+// bytes within its own write deadline, and then flushes and clears the
+// deadline. cut (when the request ends) makes a write in progress, and
+// every later one, fail at once. Its methods are called by the handler's
+// goroutine, except cut.
 type streamWriter struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
 
-	deadline time.Time   // of the last write; read by dropped
-	isCut    atomic.Bool // set by cut
+	first time.Time   // deadline of the current event's first piece; read by dropped
+	isCut atomic.Bool // set by cut
 }
 
 // cut ends the stream's writes: the one in progress and every later one.
@@ -220,12 +221,16 @@ func (sw *streamWriter) cut() {
 	sw.rc.SetWriteDeadline(time.Now())
 }
 
-// write writes parts as one event and flushes it.
+// write writes parts as one event and flushes it. No deadline is left
+// armed between events: over HTTP/2 an armed deadline resets the stream
+// when it passes, written to or not, and an idle stream waits for its next
+// event (or heartbeat) longer than an event may take.
 func (sw *streamWriter) write(parts ...[]byte) error {
+	sw.first = time.Time{}
 	for _, p := range parts {
 		for len(p) > 0 {
 			n := min(len(p), streamChunk)
-			if err := sw.renew(); err != nil {
+			if err := sw.setDeadline(time.Now().Add(sw.timeout)); err != nil {
 				return err
 			}
 			if _, err := sw.w.Write(p[:n]); err != nil {
@@ -234,20 +239,21 @@ func (sw *streamWriter) write(parts ...[]byte) error {
 			p = p[n:]
 		}
 	}
-	if err := sw.renew(); err != nil {
+	if err := sw.setDeadline(time.Now().Add(sw.timeout)); err != nil {
 		return err
 	}
-	return sw.rc.Flush()
+	if err := sw.rc.Flush(); err != nil {
+		return err
+	}
+	return sw.setDeadline(time.Time{})
 }
 
-// renew sets the deadline of the next piece, unless the stream was cut:
-// setting it after a cut would undo the cut. deadline stays that of the
-// last piece written.
-func (sw *streamWriter) renew() error {
+// setDeadline sets the write deadline (none if d is zero), unless the
+// stream was cut: setting it after a cut would undo the cut.
+func (sw *streamWriter) setDeadline(d time.Time) error {
 	if sw.isCut.Load() {
 		return errStreamCut
 	}
-	d := time.Now().Add(sw.timeout)
 	if err := sw.rc.SetWriteDeadline(d); err != nil {
 		return err
 	}
@@ -255,22 +261,26 @@ func (sw *streamWriter) renew() error {
 		sw.rc.SetWriteDeadline(time.Now())
 		return errStreamCut
 	}
-	sw.deadline = d
+	if sw.first.IsZero() && !d.IsZero() {
+		sw.first = d
+	}
 	return nil
 }
 
 // errStreamCut is a write refused because the request ended.
 var errStreamCut = errors.New("the event stream was cut")
 
-// dropped counts an event stream whose client took no part of an event
-// within EventWriteTimeout: a write that failed once its deadline had
-// passed, while the agent is not shutting down. A write cut earlier
+// dropped counts an event stream whose client did not take an event in
+// time: a write that failed once the deadline of the event's first piece
+// had passed, while the agent is not shutting down. A write cut earlier
 // because the request ended (shutdown, the client went away) fails before
-// its deadline and is not counted. The error itself cannot tell: net/http
-// cancels the request when a write fails, which cuts the stream, and over
-// HTTP/2 the write may succeed and the next one find the stream cut.
+// it and is not counted. The error itself cannot tell: net/http cancels
+// the request when a write fails, which cuts the stream; and the deadline
+// in force may be an earlier piece's than the last one set, since HTTP/2
+// applies a new deadline later, on its connection's goroutine, and not at
+// all if the one before fired meanwhile.
 func (a *Agent) dropped(sw *streamWriter, err error) {
-	if err == nil || sw.deadline.IsZero() || time.Now().Before(sw.deadline) || a.isStopping() {
+	if err == nil || sw.first.IsZero() || time.Now().Before(sw.first) || a.isStopping() {
 		return
 	}
 	a.droppedStreams.Inc()

@@ -220,15 +220,18 @@ func TestStateNotKeptIsClosed(t *testing.T) {
 		c := newCache(t, watchcache.Options{})
 		k, _ := watchcache.Register(c, "kv", asyncIfPush(fetch), watchcache.KindOptions{})
 		k.Get(context.Background(), req("a"))
+		synctest.Wait() // the state is closed after the publish that woke the Get, once the entry's lock is released
 		if n := closed.Load(); n != 1 {
 			t.Fatalf("closed after a failed fetch = %d, want 1", n)
 		}
 		get(t, k, req(""))
+		synctest.Wait()
 		if n := closed.Load(); n != 2 {
 			t.Fatalf("closed after a bypassing Get = %d, want 2", n)
 		}
 		fail = false
 		get(t, k, req("a"))
+		synctest.Wait()
 		if n := closed.Load(); n != 2 {
 			t.Fatalf("closed after a kept fetch = %d, want still 2", n)
 		}

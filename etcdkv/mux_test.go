@@ -147,3 +147,24 @@ func TestProgressReportsOnlyCoverOlderWatches(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCancelReason: whatever etcd writes as a cancel reason, reading it
+// never panics, and a reason that carries a known description keeps its
+// meaning wherever the gRPC wrapping puts it.
+func FuzzCancelReason(f *testing.F) {
+	for _, e := range []error{rpctypes.ErrGRPCPermissionDenied, rpctypes.ErrGRPCInvalidAuthToken, rpctypes.ErrGRPCAuthOldRevision, rpctypes.ErrGRPCCompacted} {
+		f.Add(e.Error())
+	}
+	f.Add("rpc error: code = ")
+	f.Add("rpc error: code = Bogus desc = ")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, reason string) {
+		err := reasonErr(reason)
+		if err == nil {
+			t.Fatalf("reasonErr(%q) = nil", reason)
+		}
+		if reason == rpctypes.ErrGRPCPermissionDenied.Error() && !errors.Is(accessClass(err), ErrPermissionDenied) {
+			t.Fatalf("reasonErr(%q) = %v, not a denial", reason, err)
+		}
+	})
+}

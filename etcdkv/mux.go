@@ -140,12 +140,16 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 
 	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.stopCtx))
 	sctx = id.ctxWithToken(sctx, key.token)
+	// The stream outlives ctx, but opening it (which waits while the
+	// connection is being made) is bounded by ctx.
+	stop := context.AfterFunc(ctx, cancel)
 	stream, err := pb.NewWatchClient(s.conn.ActiveConnection()).Watch(sctx)
+	if !stop() {
+		cancel()
+		return nil, ctx.Err()
+	}
 	if err != nil {
 		cancel()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
 		return nil, s.failed(id, wrapErr("opening a watch stream", err))
 	}
 	m := &watchMux{s: s, key: key, stream: stream, cancel: cancel, watches: make(map[int64]*muxWatch)}

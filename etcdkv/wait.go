@@ -102,23 +102,7 @@ func (st *watchState[V]) evaluate() {
 			st.failLocked(w, fmt.Errorf("etcdkv: watch of %s ended %d times in a row", st.sp.describe(), maxResyncs))
 			return
 		}
-		queued := time.Now()
-		st.workLocked(func() {
-			if err := st.s.outage.since(queued); err != nil {
-				st.fail(w, err)
-				return
-			}
-			if err := st.resync(w.ctx, false); err != nil {
-				st.fail(w, err)
-				return
-			}
-			st.mu.Lock()
-			if st.failed && st.pending == w {
-				st.succeedLocked(w) // the recovery
-				return
-			}
-			st.mu.Unlock()
-		})
+		st.resyncLocked(w, false) // a change is answered by the next evaluation; after a failure, the recovery at once
 		return
 	case w.epoch != st.s.auth.epoch.Load():
 		// etcd's auth store changed: confirm access now, so that a
@@ -164,28 +148,37 @@ func (st *watchState[V]) revisionIs(w *stateWait[V], rev int64, err error) {
 	case err != nil:
 		st.failLocked(w, err)
 	case rev < st.rev:
-		queued := time.Now()
-		st.workLocked(func() {
-			if err := st.s.outage.since(queued); err != nil {
-				st.fail(w, err)
-				return
-			}
-			if err := st.resync(w.ctx, false); err != nil {
-				st.fail(w, err)
-				return
-			}
-			st.mu.Lock()
-			if st.pending == w {
-				st.succeedLocked(w)
-				return
-			}
-			st.mu.Unlock()
-		})
+		st.resyncLocked(w, true) // the store went back: deliver its state, changed or not
 	case st.failed:
 		st.succeedLocked(w)
 	default:
 		st.mu.Unlock()
 	}
+}
+
+// resyncLocked re-reads the range and watches again on the work queue,
+// failing w if that fails (at once if etcd did not answer a read since the
+// work was queued). Then it answers w if always, or if the state had
+// failed (the recovery); otherwise the next evaluation decides. It unlocks
+// st.mu.
+func (st *watchState[V]) resyncLocked(w *stateWait[V], always bool) {
+	queued := time.Now()
+	st.workLocked(func() {
+		if err := st.s.outage.since(queued); err != nil {
+			st.fail(w, err)
+			return
+		}
+		if err := st.resync(w.ctx, false); err != nil {
+			st.fail(w, err)
+			return
+		}
+		st.mu.Lock()
+		if st.pending == w && (always || st.failed) {
+			st.succeedLocked(w)
+			return
+		}
+		st.mu.Unlock()
+	})
 }
 
 // workLocked runs f on the work queue with the state busy, and evaluates

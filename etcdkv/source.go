@@ -261,7 +261,7 @@ func New(cfg Config) (*Source, error) {
 		stopJan: make(chan struct{}),
 		muxes:   make(map[muxKey]*watchMux),
 	}
-	s.work.s = s
+	s.work.init(s)
 	if _, err := rand.Read(s.secret); err != nil {
 		return nil, fmt.Errorf("etcdkv: %w", err)
 	}

@@ -9,6 +9,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/watchcache/watchcache/internal/workq"
 )
 
 // maxWorkers bounds the goroutines that run the source's work (reads,
@@ -17,45 +19,16 @@ const maxWorkers = 64
 
 // workQueue runs functions on at most maxWorkers goroutines of the
 // source's, which exist only while there is work.
-type workQueue struct {
-	s       *Source
-	mu      sync.Mutex
-	queue   []func()
-	workers int
+type workQueue struct{ q workq.Queue[func()] }
+
+func (q *workQueue) init(s *Source) {
+	q.q.Init(maxWorkers, s.goBackground, func(f func()) { f() })
 }
 
 // run queues f. If the source is closed, f runs at once: what it asks of
 // etcd fails fast then, and the fetch it serves must still be answered.
 func (q *workQueue) run(f func()) {
-	q.mu.Lock()
-	q.queue = append(q.queue, f)
-	if q.workers < maxWorkers && q.s.goBackground(q.work) {
-		q.workers++
-	}
-	if q.workers > 0 {
-		q.mu.Unlock()
-		return
-	}
-	q.queue = q.queue[:len(q.queue)-1]
-	q.mu.Unlock()
-	f()
-}
-
-func (q *workQueue) work() {
-	for {
-		q.mu.Lock()
-		if len(q.queue) == 0 {
-			q.workers--
-			q.mu.Unlock()
-			return
-		}
-		f := q.queue[0]
-		q.queue[0] = nil
-		q.queue = q.queue[1:]
-		if len(q.queue) == 0 {
-			q.queue = nil // let a burst's backing array go
-		}
-		q.mu.Unlock()
+	if !q.q.Push(f) {
 		f()
 	}
 }

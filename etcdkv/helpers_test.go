@@ -21,9 +21,7 @@ import (
 // TestMain fails the package if a goroutine of a Source, a cache, an etcd
 // client or server outlives the tests.
 func TestMain(m *testing.M) {
-	if os.Getenv(childEtcdEnv) != "" {
-		os.Exit(runChildEtcd()) // BenchmarkEtcdNotifyManyKeys's etcd
-	}
+	etcdtest.RunChildIfAsked() // the etcd of BenchmarkEtcdNotifyManyKeys
 	goleak.VerifyTestMain(m)
 }
 

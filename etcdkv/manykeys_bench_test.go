@@ -1,26 +1,19 @@
 package etcdkv
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
 	"runtime"
 	"runtime/metrics"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/watchcache/watchcache"
-	"github.com/watchcache/watchcache/internal/devetcd"
+	"github.com/watchcache/watchcache/internal/etcdtest"
 )
 
 // BenchmarkEtcdNotifyManyKeys watches many etcd keys through the cache, one
@@ -45,7 +38,7 @@ func BenchmarkEtcdNotifyManyKeys(b *testing.B) {
 var manyKeysMem = map[string][5]float64{}
 
 func benchManyKeys(b *testing.B, n int) {
-	endpoint := childEtcd(b)
+	endpoint := etcdtest.StartChild(b)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		b.Fatal(err)
@@ -124,7 +117,7 @@ func benchManyKeys(b *testing.B, n int) {
 		}
 	}
 	mem := manyKeysMem[b.Name()]
-	streams, watchers := etcdGauge(b, endpoint, "etcd_debugging_mvcc_watch_stream_total"), etcdGauge(b, endpoint, "etcd_debugging_mvcc_watcher_total")
+	streams, watchers := etcdtest.Metric(b, endpoint, "etcd_debugging_mvcc_watch_stream_total"), etcdtest.Metric(b, endpoint, "etcd_debugging_mvcc_watcher_total")
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	b.ReportAllocs()
@@ -161,87 +154,4 @@ func benchMemStats() (live, inuse, stack int64) {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int64(samples[0].Value.Uint64()), int64(m.HeapInuse), int64(m.StackInuse)
-}
-
-// etcdGauge reads a gauge from etcd's /metrics.
-func etcdGauge(b *testing.B, endpoint, name string) float64 {
-	resp, err := http.Get(endpoint + "/metrics")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return f
-		}
-	}
-	b.Fatalf("%s not in etcd's metrics", name)
-	return 0
-}
-
-// childEtcdEnv makes the test binary run an etcd server instead of the
-// tests (see TestMain and childEtcd).
-const childEtcdEnv = "WATCHCACHE_CHILD_ETCD"
-
-// childEtcd starts a single-node etcd in a child process (this test binary,
-// see runChildEtcd) and returns its client URL. It stops when the
-// benchmark ends.
-func childEtcd(b *testing.B) string {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEtcdEnv+"=1")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		stdin.Close() // the child stops when its stdin closes
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		b.Fatalf("child etcd: %v", err)
-	}
-	return strings.TrimSpace(line)
-}
-
-// runChildEtcd is the child process of childEtcd: it serves etcd on a free
-// port, prints the client URL, and stops when its stdin closes.
-func runChildEtcd() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	srv, err := devetcd.Start(addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer srv.Close()
-	fmt.Println(srv.Endpoints()[0])
-	io.Copy(io.Discard, os.Stdin)
-	return 0
 }

@@ -130,6 +130,18 @@ func TestHTTPReadHeaders(t *testing.T) {
 		if resp, body := ta.do(t, "GET", "/v1/kv/?keys", nil); body != `["k"]` || index(t, resp) == 0 {
 			t.Fatalf("keys = %q", body)
 		}
+		// Answers carry their length, large ones too (net/http would send
+		// those chunked): a client knows what is to come.
+		big := strings.Repeat("v", 64<<10)
+		if resp, _ := ta.do(t, "PUT", "/v1/kv/big", strings.NewReader(big)); resp.StatusCode != 200 {
+			t.Fatalf("PUT big = %d", resp.StatusCode)
+		}
+		for _, path := range []string{"/v1/kv/big", "/v1/kv/big?raw", "/v1/kv/?recurse"} {
+			resp, body := ta.do(t, "GET", path, nil)
+			if resp.ContentLength != int64(len(body)) || len(resp.TransferEncoding) != 0 || len(body) < len(big) {
+				t.Errorf("GET %s: Content-Length %d, Transfer-Encoding %v, %d bytes", path, resp.ContentLength, resp.TransferEncoding, len(body))
+			}
+		}
 	})
 }
 

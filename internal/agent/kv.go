@@ -253,6 +253,7 @@ func writeView(w http.ResponseWriter, meta watchcache.ResultMeta, v view) {
 		return
 	}
 	h.Set("Content-Type", v.contentType)
+	h.Set("Content-Length", strconv.Itoa(len(v.body)))
 	if v.raw {
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Content-Security-Policy", "sandbox")

@@ -15,9 +15,10 @@ import (
 // reflect every write that completed before it began. Reading etcd for
 // each costs a linearizable read per request; instead, as Kubernetes'
 // watch cache does, the source learns the store's current revision R with
-// one linearizable request shared by every consistent read of an identity
-// in flight (the batched access check of access.go, whose response carries
-// the revision, and which confirms access too), waits until the entry's
+// one linearizable request shared by the consistent reads of an identity
+// that wait together (the batched access check of access.go, whose
+// response carries the revision, and which confirms access too; under
+// load about one per sixteen reads), waits until the entry's
 // watch has delivered everything up to R (an idle watch is asked for a
 // progress notification, which reports its revision), and answers from the
 // cache. An entry that cannot catch up within ConsistentWait (its watch

@@ -24,6 +24,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	etcdtest.RunChildIfAsked() // the etcd of BenchmarkAgentRead
 	goleak.VerifyTestMain(m)
 }
 
@@ -88,7 +89,13 @@ func listen(t testing.TB, addr string) net.Listener {
 // etcdNode is an agent in front of c (the bottom of a chain).
 func etcdNode(t testing.TB, c *etcdtest.Cluster) *node {
 	t.Helper()
-	up, err := OpenEtcd(etcdkv.Config{Endpoints: c.Endpoints(), Logger: logger()}, nil, CacheConfig{Logger: logger()})
+	return etcdNodeAt(t, c.Endpoints())
+}
+
+// etcdNodeAt is an agent in front of the etcd at endpoints.
+func etcdNodeAt(t testing.TB, endpoints []string) *node {
+	t.Helper()
+	up, err := OpenEtcd(etcdkv.Config{Endpoints: endpoints, Logger: logger()}, nil, CacheConfig{Logger: logger()})
 	if err != nil {
 		t.Fatal(err)
 	}

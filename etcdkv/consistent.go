@@ -118,18 +118,17 @@ func consistentRead[V any](ctx context.Context, s *Source, kind *watchcache.Kind
 	if err != nil {
 		return zero, watchcache.ResultMeta{}, err
 	}
-	deadline := time.NewTimer(s.cfg.ConsistentWait)
-	defer deadline.Stop()
+	var deadline <-chan time.Time // set on the first wait: most reads find the entry caught up
 	for {
 		view, _ := s.views.Load(viewKey{req.Partition, sp})
 		sv, _ := view.(*stateView)
 		if sv == nil {
 			break
 		}
-		moved := sv.changed()
 		seen := sv.rev.Load() // before the index: see set
+		index := sv.index.Load()
 		switch {
-		case seen >= rev && sv.index.Load() == meta.Index:
+		case seen >= rev && index == meta.Index:
 			meta.Hit = false // it took a round trip to etcd
 			s.consistentCached.Add(1)
 			return v, meta, nil
@@ -141,8 +140,16 @@ func consistentRead[V any](ctx context.Context, s *Source, kind *watchcache.Kind
 				return zero, watchcache.ResultMeta{}, err
 			}
 			continue
-		default:
-			s.requestProgress(ctx, sv)
+		}
+		moved := sv.changed()
+		if sv.rev.Load() != seen || sv.index.Load() != index {
+			continue // it moved before changed: moved may never close
+		}
+		s.requestProgress(ctx, sv)
+		if deadline == nil {
+			t := time.NewTimer(s.cfg.ConsistentWait)
+			defer t.Stop()
+			deadline = t.C
 		}
 		select {
 		case <-moved:
@@ -151,7 +158,7 @@ func consistentRead[V any](ctx context.Context, s *Source, kind *watchcache.Kind
 				return zero, watchcache.ResultMeta{}, err
 			}
 			continue
-		case <-deadline.C:
+		case <-deadline:
 		case <-ctx.Done():
 			return zero, watchcache.ResultMeta{}, ctx.Err()
 		}

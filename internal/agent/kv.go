@@ -201,6 +201,16 @@ func serveRead[V any](a *Agent, w http.ResponseWriter, r *http.Request, kr kvReq
 	// due by the end of the wait, and gets writeGrace to be written.
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(kr.wait + writeGrace))
 
+	if revalidate && kr.index == 0 {
+		// The cached value would be read again by direct.
+		v, meta, err := direct(ctx, req)
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		writeView(w, meta, render(v))
+		return
+	}
 	if kr.index > 0 {
 		a.blocked.Add(1)
 	}
@@ -216,7 +226,7 @@ func serveRead[V any](a *Agent, w http.ResponseWriter, r *http.Request, kr kvReq
 		req.MinIndex = 0
 		v, meta, err = cached(context.WithoutCancel(ctx), req)
 	}
-	if err != nil && !(revalidate && kr.index == 0) {
+	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}

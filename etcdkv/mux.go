@@ -25,12 +25,14 @@ import (
 // was opened with), read by one goroutine that hands each response to its
 // watch's entry state (watchSink) by watch ID. A watch costs a map entry
 // and a small struct; the goroutines are two per stream (the reader and
-// gRPC's own), whatever the number of watches.
+// gRPC's own), whatever the number of watches, and a third while requests
+// wait to be sent: requests are queued, so no caller waits on the
+// stream's flow control.
 //
 // Creating a watch sends a create request with an ID the source chose.
 // etcd answers every create, in order, with a created response; a refused
 // one (permission denied) carries ID -1, so answers are matched to
-// creates by order, which one lock around the sends keeps. Cancelling
+// creates by order, which the queue keeps. Cancelling
 // forgets the ID at once, so late responses for it are dropped, and tells
 // etcd. Streams are opened with WithRequireLeader: a member cut off from
 // its cluster ends them (ErrNoLeader) instead of keeping them silently.
@@ -49,22 +51,29 @@ type watchMux struct {
 	s   *Source
 	key muxKey
 
-	sendMu       sync.Mutex // one Send at a time, and creates sent in the order of m.creating
-	progressSent int64      // progress requests sent; guarded by sendMu
-
 	mu       sync.Mutex // protects the fields below; taken under Source.muxMu, never the reverse
 	stream   pb.Watch_WatchClient
 	cancel   context.CancelFunc // ends the stream
 	closed   bool               // no new watches: broken, or closed when it became empty
 	watches  map[int64]*muxWatch
-	creating []*muxWatch // creates sent and not answered yet, in order
+	creating []*muxWatch // creates queued and not answered yet, in order
 	nextID   int64       // IDs start at 1: etcd reads 0 as "choose one"
-	// progressRecv counts the progress reports received. etcd answers
-	// progress requests in order (merging some), and a report covers only
-	// the watches that existed when etcd took its request: a watch takes
-	// reports only once more have come than requests were sent before its
-	// create (progressBase), which may skip some but never takes one that
+	// queue holds the requests to send, in order. One goroutine sends
+	// them (gRPC allows one sender at a time), and runs only while the
+	// queue is not empty: no one who creates, cancels or asks for
+	// progress waits on the stream's flow control, which a member that
+	// stopped reading would never open again (a cache worker closing an
+	// entry, a consistent read asking for progress).
+	queue   []*pb.WatchRequest
+	sending bool // the sending goroutine runs
+	// progressSent and progressRecv count the progress requests queued
+	// and the reports received. etcd answers progress requests in order
+	// (merging some), and a report covers only the watches that existed
+	// when etcd took its request: a watch takes reports only once more
+	// have come than requests were queued before its create
+	// (progressBase), which may skip some but never takes one that
 	// predates it.
+	progressSent int64
 	progressRecv int64
 }
 
@@ -170,29 +179,34 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 	return m, nil
 }
 
-// create sends the create request of a watch.
+// create queues the create request of a watch.
 func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
-	m.sendMu.Lock()
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		m.sendMu.Unlock()
 		return nil, errMuxClosed
 	}
 	m.nextID++
-	w := &muxWatch{m: m, id: m.nextID, progressBase: m.progressSent, sink: sink, created: make(chan error, 1)}
-	m.watches[w.id] = w
-	m.creating = append(m.creating, w)
+	w := &muxWatch{m: m, id: m.nextID, sink: sink, created: make(chan error, 1)}
 	m.mu.Unlock()
-	registered(w)
+	registered(w) // before etcd can answer
 	cr := &pb.WatchCreateRequest{Key: []byte(sp.start()), StartRevision: from, WatchId: w.id}
 	if sp.isRange() {
 		cr.RangeEnd = []byte(sp.end())
 	}
-	err := m.stream.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}})
-	m.sendMu.Unlock()
-	if err != nil {
-		m.fail(err) // answers w's create with the error, as every other's
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, errMuxClosed
+	}
+	// Queued in the order of m.creating, which etcd's answers follow.
+	w.progressBase = m.progressSent
+	m.watches[w.id] = w
+	m.creating = append(m.creating, w)
+	start := m.enqueueLocked(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}})
+	m.mu.Unlock()
+	if start {
+		m.startSending()
 	}
 	return w, nil
 }
@@ -232,24 +246,65 @@ func (m *watchMux) requestProgress() error {
 	return m.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}})
 }
 
+// send queues req, unless the stream is closed.
 func (m *watchMux) send(req *pb.WatchRequest) error {
-	m.sendMu.Lock()
 	m.mu.Lock()
-	closed := m.closed
-	m.mu.Unlock()
-	if closed {
-		m.sendMu.Unlock()
+	if m.closed {
+		m.mu.Unlock()
 		return errMuxClosed
 	}
-	err := m.stream.Send(req)
-	if _, progress := req.RequestUnion.(*pb.WatchRequest_ProgressRequest); progress && err == nil {
+	start := m.enqueueLocked(req)
+	m.mu.Unlock()
+	if start {
+		m.startSending()
+	}
+	return nil
+}
+
+// enqueueLocked queues req; it reports whether the caller must start the
+// sending goroutine.
+func (m *watchMux) enqueueLocked(req *pb.WatchRequest) bool {
+	m.queue = append(m.queue, req)
+	if _, progress := req.RequestUnion.(*pb.WatchRequest_ProgressRequest); progress {
 		m.progressSent++
 	}
-	m.sendMu.Unlock()
-	if err != nil {
-		m.fail(err)
+	if m.sending {
+		return false
 	}
-	return err
+	m.sending = true
+	return true
+}
+
+func (m *watchMux) startSending() {
+	if !m.s.goBackground(m.sendQueue) {
+		m.fail(ErrClosed)
+	}
+}
+
+// sendQueue is the sending goroutine: it sends the queue until it is
+// empty, or until a send fails, which ends the stream.
+func (m *watchMux) sendQueue() {
+	for {
+		m.mu.Lock()
+		batch := m.queue
+		m.queue = nil
+		if len(batch) == 0 || m.closed { // closed: the stream is ending
+
+			m.sending = false
+			m.mu.Unlock()
+			return
+		}
+		m.mu.Unlock()
+		for _, req := range batch {
+			if err := m.stream.Send(req); err != nil {
+				m.fail(err)
+				m.mu.Lock()
+				m.queue, m.sending = nil, false
+				m.mu.Unlock()
+				return
+			}
+		}
+	}
 }
 
 // recv is the stream's goroutine: it reads responses until the stream

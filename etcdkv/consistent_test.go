@@ -81,6 +81,9 @@ func TestConsistentReadsSeeAcknowledgedWrites(t *testing.T) {
 	cached, direct := f.src.consistentCached.Load(), f.src.consistentDirect.Load()
 	t.Logf("%d consistent reads raced %d writes: %d served from the cache, %d from etcd; %d checks, %d started while another was in flight",
 		reads.Load(), writes, cached, direct, f.src.auth.checks.Load(), f.src.auth.overlapped.Load())
+	if f.src.auth.overlapped.Load() == 0 {
+		t.Errorf("no access check overlapped another with %d readers", readers)
+	}
 	if direct > cached/10 {
 		t.Fatalf("%d of %d consistent reads went to etcd: the cache should serve them", direct, cached+direct)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 
@@ -35,7 +36,9 @@ import (
 // creates by order, which the queue keeps. Cancelling
 // forgets the ID at once, so late responses for it are dropped, and tells
 // etcd. Streams are opened with WithRequireLeader: a member cut off from
-// its cluster ends them (ErrNoLeader) instead of keeping them silently.
+// its cluster ends them (ErrNoLeader) instead of keeping them silently;
+// the client's keepalive ends them with their connection when nothing
+// comes back on it (New).
 // When a stream breaks every watch on it ends, and each entry reads its
 // range again and watches from there, on a new stream. A stream is closed
 // when its last watch is cancelled.
@@ -81,9 +84,12 @@ type watchMux struct {
 type muxWatch struct {
 	m            *watchMux
 	id           int64
-	progressBase int64 // progress requests sent before its create (see progressRecv)
+	progressBase int64 // progress requests queued before its create (see progressRecv)
 	sink         watchSink
 	created      chan error // the create's answer; capacity 1
+	// queued says its create was queued; cancelled that it was cancelled.
+	// Both are guarded by m.mu.
+	queued, cancelled bool
 }
 
 // watchSink receives a watch's responses on the stream's goroutine; it
@@ -101,8 +107,13 @@ type muxEvent struct {
 	err    error
 }
 
-// errMuxClosed is a create on a stream that was closed meanwhile.
-var errMuxClosed = errors.New("etcdkv: watch stream closed")
+var (
+	// errMuxClosed is a create on a stream that was closed meanwhile.
+	errMuxClosed = errors.New("etcdkv: watch stream closed")
+	// errWatchCancelled is a create whose watch was cancelled before its
+	// request was queued: its entry's state closed meanwhile.
+	errWatchCancelled = errors.New("etcdkv: watch cancelled while it was being created")
+)
 
 // watch starts a watch of sp from revision from, with id's token, and
 // waits (within ctx) until etcd confirmed it. registered is called with the
@@ -179,7 +190,11 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 	return m, nil
 }
 
-// create queues the create request of a watch.
+// create queues the create request of a watch. The watch is known to the
+// stream from the start, so that a cancel while registered runs (the
+// entry's state closing) finds it; its create is then never queued, as a
+// cancel that reached etcd before the create would leave etcd's watch
+// running for good.
 func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
 	m.mu.Lock()
 	if m.closed {
@@ -188,6 +203,7 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 	}
 	m.nextID++
 	w := &muxWatch{m: m, id: m.nextID, sink: sink, created: make(chan error, 1)}
+	m.watches[w.id] = w
 	m.mu.Unlock()
 	registered(w) // before etcd can answer
 	cr := &pb.WatchCreateRequest{Key: []byte(sp.start()), StartRevision: from, WatchId: w.id}
@@ -195,13 +211,17 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 		cr.RangeEnd = []byte(sp.end())
 	}
 	m.mu.Lock()
-	if m.closed {
+	switch {
+	case w.cancelled:
+		m.mu.Unlock()
+		return nil, errWatchCancelled
+	case m.closed:
 		m.mu.Unlock()
 		return nil, errMuxClosed
 	}
 	// Queued in the order of m.creating, which etcd's answers follow.
+	w.queued = true
 	w.progressBase = m.progressSent
-	m.watches[w.id] = w
 	m.creating = append(m.creating, w)
 	start := m.enqueueLocked(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}})
 	m.mu.Unlock()
@@ -224,6 +244,8 @@ func (w *muxWatch) cancelWatch() {
 		return // ended already
 	}
 	delete(m.watches, w.id)
+	w.cancelled = true
+	queued := w.queued
 	last := len(m.watches) == 0 && !m.closed
 	if last {
 		m.closed = true
@@ -233,9 +255,12 @@ func (w *muxWatch) cancelWatch() {
 	}
 	m.mu.Unlock()
 	s.muxMu.Unlock()
-	if last {
+	switch {
+	case last:
 		m.cancel() // the reader ends with the stream
 		return
+	case !queued:
+		return // etcd never heard of it
 	}
 	m.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: w.id}}})
 }
@@ -289,7 +314,6 @@ func (m *watchMux) sendQueue() {
 		batch := m.queue
 		m.queue = nil
 		if len(batch) == 0 || m.closed { // closed: the stream is ending
-
 			m.sending = false
 			m.mu.Unlock()
 			return
@@ -297,7 +321,9 @@ func (m *watchMux) sendQueue() {
 		m.mu.Unlock()
 		for _, req := range batch {
 			if err := m.stream.Send(req); err != nil {
-				m.fail(err)
+				if err != io.EOF { // io.EOF: etcd ended the stream, and recv reports why
+					m.fail(err)
+				}
 				m.mu.Lock()
 				m.queue, m.sending = nil, false
 				m.mu.Unlock()

@@ -168,3 +168,56 @@ func FuzzCancelReason(f *testing.F) {
 		}
 	})
 }
+
+type nopSink struct{}
+
+func (nopSink) watchEvent(*muxWatch, muxEvent) {}
+
+// A watch cancelled before its create was queued (its entry's state
+// closed while the watch was being made) is never created: a cancel sent
+// ahead of its create would leave etcd's watch running, and the stream
+// with it. The stream goes on matching creates to answers in order.
+func TestWatchCancelledWhileCreated(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	put(t, c.Client(t), "/cw/a", "1")
+	f := newFixture(t, testConfig(c, 1), watchcache.Options{})
+	ctx := testCtx(t)
+	if _, _, err := f.kinds.Key.Get(ctx, KeyRequest("/cw/a", self)); err != nil {
+		t.Fatal(err)
+	}
+	f.src.muxMu.Lock()
+	var m *watchMux
+	for _, mm := range f.src.muxes {
+		m = mm
+	}
+	f.src.muxMu.Unlock()
+	if m == nil {
+		t.Fatal("no watch stream")
+	}
+	sp, _ := parseKeyKey("/cw/b")
+	var cancelled *muxWatch
+	_, err := m.create(sp, 0, nopSink{}, func(w *muxWatch) {
+		cancelled = w
+		w.cancelWatch() // as the state's Close, between registering and queueing
+	})
+	if !errors.Is(err, errWatchCancelled) {
+		t.Fatalf("create of a watch cancelled meanwhile = %v, want errWatchCancelled", err)
+	}
+	m.mu.Lock()
+	_, kept := m.watches[cancelled.id]
+	creating, queued, closed := len(m.creating), cancelled.queued, m.closed
+	m.mu.Unlock()
+	if kept || creating != 0 || queued || closed {
+		t.Fatalf("after the cancelled create: kept %v, %d creates waiting, queued %v, stream closed %v; want none of it", kept, creating, queued, closed)
+	}
+	// The next create on the stream is answered as its own.
+	w, err := f.src.watch(ctx, m.key.id, sp, 0, nopSink{}, func(*muxWatch) {})
+	if err != nil {
+		t.Fatalf("a watch after the cancelled one: %v", err)
+	}
+	if w.m != m {
+		t.Fatalf("the next watch went to another stream")
+	}
+	w.cancelWatch()
+}

@@ -31,6 +31,14 @@ const (
 	DefaultAuthCheckInterval  = time.Second
 )
 
+// The client's keepalive (see New): a ping after keepaliveTime without
+// traffic, and the connection closed if its answer takes keepaliveTimeout.
+// etcd refuses pings more often than every 5 s by default.
+const (
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
+)
+
 // AccessCheck says when the source confirms, with etcd, that an identity
 // may still read what its cache entries hold. etcd checks a watch's
 // permission only when the watch is created: after a revocation the watch
@@ -139,8 +147,9 @@ type Config struct {
 	ReleaseAfter time.Duration
 
 	// ConfigureClient, if set, adjusts the configuration of the source's
-	// etcd client (TLS, dial options, a zap logger) after the source filled
-	// in endpoints and timeouts. It must not set credentials (Username,
+	// etcd client (TLS, dial options, keepalive, a zap logger) after the
+	// source filled in endpoints and timeouts (keepalive pings every 30 s,
+	// answered within 10 s). It must not set credentials (Username,
 	// Password, Token): the client carries every identity's requests, each
 	// with its own token, and client credentials would make all of them
 	// that user's. Set Username and Password above instead.
@@ -271,6 +280,13 @@ func New(cfg Config) (*Source, error) {
 		Endpoints:   cfg.Endpoints,
 		TLS:         cfg.TLS,
 		DialTimeout: cfg.DialTimeout,
+		// A connection on which nothing comes back (a member gone without
+		// closing it, a path that drops everything) is closed after
+		// keepaliveTime+keepaliveTimeout, which ends its watch streams:
+		// otherwise a watch on it would look idle for good. Kubernetes'
+		// etcd client uses the same values.
+		DialKeepAliveTime:    keepaliveTime,
+		DialKeepAliveTimeout: keepaliveTimeout,
 		// The client logs retries at warn level on its own; the source
 		// reports what matters through slog.
 		Logger: zap.NewNop(),

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/internal/etcdtest"
 )
@@ -110,6 +112,8 @@ func (p *stallProxy) close() {
 // that asks for progress (a consistent read) or cancels a watch (a cache
 // worker closing an entry's state) may wait for it: their requests are
 // queued, and a stalled stream holds only the goroutine that sends them.
+// When nothing comes back on the connection at all, the client's
+// keepalive closes it, which ends the stream and its watches.
 func TestStalledStreamBlocksNoCaller(t *testing.T) {
 	t.Parallel()
 	c := etcdtest.Start(t)
@@ -119,6 +123,11 @@ func TestStalledStreamBlocksNoCaller(t *testing.T) {
 	proxy := newStallProxy(t, c.Endpoint(0))
 	cfg := testConfig(c, 1)
 	cfg.Endpoints = []string{proxy.url()}
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		// etcd refuses pings more often than every 5 s.
+		cc.DialKeepAliveTime, cc.DialKeepAliveTimeout = 6*time.Second, time.Second
+	}
 	f := newFixture(t, cfg, watchcache.Options{})
 	ctx := testCtx(t)
 	for _, k := range []string{"/stall/a", "/stall/b"} {
@@ -153,9 +162,10 @@ func TestStalledStreamBlocksNoCaller(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for range requests {
+		for i := range requests {
 			if err := m.requestProgress(); err != nil {
-				return // the stream ended: nothing waits on it
+				t.Errorf("progress request %d on the stalled stream: %v", i, err)
+				return
 			}
 		}
 		w.cancelWatch()
@@ -163,6 +173,19 @@ func TestStalledStreamBlocksNoCaller(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(waitFor):
-		t.Errorf("%d progress requests and a cancel on a stalled stream still wait after %v", requests, waitFor)
+		t.Fatalf("%d progress requests and a cancel on a stalled stream still wait after %v", requests, waitFor)
+	}
+	deadline := time.Now().Add(waitFor)
+	for {
+		m.mu.Lock()
+		closed := m.closed
+		m.mu.Unlock()
+		if closed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stalled stream is still open after %v: keepalive should have closed its connection", waitFor)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -280,6 +280,8 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 		}
 		st.stopWatch() // the watch that was refused, if it got that far
 		switch {
+		case errors.Is(err, errWatchCancelled):
+			return ErrClosed // only Close cancels a watch being made
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.Is(err, context.DeadlineExceeded):

@@ -65,7 +65,9 @@
 //   - Leader loss. Watch streams require a leader (clientv3.WithRequireLeader):
 //     a member cut off from its cluster ends them instead of holding them
 //     silently, and each entry on the stream re-reads and watches again,
-//     on a new stream.
+//     on a new stream. A connection on which nothing comes back is closed
+//     by the client's keepalive (30 s of quiet, 10 s to answer a ping),
+//     which ends its streams the same way.
 //   - Idle keys. An entry nobody reads or watches for Config.ReleaseAfter
 //     (watchcache.DefaultReleaseAfter) cancels its etcd watch and keeps
 //     its value, which the next read revalidates.

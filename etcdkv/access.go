@@ -307,6 +307,9 @@ func (s *Source) checkBatch(id *identity, reqs []*accessReq) {
 	}
 	s.auth.checks.Add(1)
 	resp, err := s.conn.Txn(id.ctx(ctx)).Then(ops...).Commit()
+	if h := s.testHookAfterCheck; h != nil {
+		h()
+	}
 	if err != nil && len(reqs) > 1 && errors.Is(accessClass(err), ErrPermissionDenied) {
 		for _, r := range reqs {
 			s.auth.checks.Add(1)

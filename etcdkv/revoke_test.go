@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,5 +218,60 @@ func TestRevocationBounded(t *testing.T) {
 	}
 	if _, _, err := f.kinds.GetKey(testCtx(t), KeyRequest("/b/k", p)); !errors.Is(err, ErrPermissionDenied) {
 		t.Fatalf("GetKey after the revocation = %v, want ErrPermissionDenied", err)
+	}
+}
+
+// An access check that etcd answered before a revocation may return after
+// a change written after the revocation reached the entry's watch. The
+// check covers only what the entry held when it was asked for: that change
+// waits for a check of its own, which fails. Here the check of the change
+// to "before" is held, once etcd answered it, until u is deleted, "after"
+// is written and the entry's watch has taken it.
+func TestCheckCoversOnlyWhatItWasAskedFor(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	put(t, c.Client(t), "/b/k", "initial")
+	c.EnableAuth(t, []etcdtest.User{{Name: "u", Password: "u-pw", Roles: []etcdtest.Role{{Name: "rb", Prefix: "/b/", Perm: etcdtest.PermRead}}}})
+	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
+	f := newFixture(t, testConfig(c, 1), watchcache.Options{})
+	p := login(t, f.src, "u", "u-pw")
+	req := KeyRequest("/b/k", p)
+	ch := watch(t, f.kinds.Key, req)
+	until(t, ch, "the initial value", func(ev watchcache.UpdateEvent[Key]) bool { return string(ev.Result.Entry.Value) == "initial" })
+
+	held, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	var armed atomic.Bool
+	armed.Store(true)
+	f.src.testHookAfterCheck = func() {
+		if armed.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	put(t, root, "/b/k", "before")
+	select {
+	case <-held:
+	case <-time.After(waitFor):
+		t.Fatal("the change to \"before\" was never checked")
+	}
+	if _, err := root.UserDelete(testCtx(t), "u"); err != nil {
+		t.Fatal(err)
+	}
+	after := put(t, root, "/b/k", "after")
+	sp, _ := parseKeyKey("/b/k")
+	eventually(t, "the entry's watch takes \"after\"", func() bool {
+		v, ok := f.src.views.Load(viewKey{p, sp})
+		return ok && v.(*stateView).rev.Load() >= after
+	})
+	release <- struct{}{}
+	ev := until(t, ch, "an access error", func(ev watchcache.UpdateEvent[Key]) bool {
+		if string(ev.Result.Entry.Value) == "after" {
+			t.Fatalf("\"after\", written once u was deleted, reached u")
+		}
+		return ev.Err != nil
+	})
+	if !errors.Is(ev.Err, ErrAuthFailed) && !errors.Is(ev.Err, ErrUnknownIdentity) {
+		t.Fatalf("the watcher's error = %v, want an authentication error", ev.Err)
 	}
 }

@@ -230,6 +230,9 @@ type Source struct {
 	// testHookBeforeWatch, if set (by tests only), runs before an entry's
 	// watch is created from revision rev, after the read it follows.
 	testHookBeforeWatch func(sp spec, rev int64)
+	// testHookAfterCheck, if set (by tests only), runs when etcd answered
+	// an access check, before the requests it served hear of it.
+	testHookAfterCheck func()
 
 	// conn is the one etcd client every identity's requests go over, each
 	// with its identity's token (token.go). It has no credentials itself.

@@ -90,8 +90,9 @@ func (st *watchState[V]) evaluate() {
 		// etcd refuses a watch whose token is stale (any auth change
 		// makes it so) with the words it uses for a real denial; a
 		// checked read renews the token or tells which.
+		changes := st.changes
 		st.workLocked(func() {
-			if err := st.confirm(w.ctx); err != nil {
+			if err := st.confirm(w.ctx, changes); err != nil {
 				st.fail(w, err)
 			}
 		})
@@ -197,10 +198,15 @@ func (st *watchState[V]) workLocked(f func()) {
 
 // succeedLocked answers w with the state's value once the identity's
 // access to it is confirmed, as access.go requires. It unlocks st.mu.
+//
+// The answer is the value the state held when the check was asked for:
+// changes the watch brings while the check runs are not covered by it
+// (confirm), and wait for the next fetch and its own check.
 func (st *watchState[V]) succeedLocked(w *stateWait[V]) {
 	if st.needsConfirmLocked() {
+		res, changes := st.resultLocked(), st.changes
 		st.workLocked(func() {
-			if err := st.confirm(w.ctx); err != nil {
+			if err := st.confirm(w.ctx, changes); err != nil {
 				st.fail(w, err)
 				return
 			}
@@ -210,7 +216,6 @@ func (st *watchState[V]) succeedLocked(w *stateWait[V]) {
 				return
 			}
 			st.failed = false
-			res := st.resultLocked()
 			st.finishLocked(w, res, nil)
 		})
 		return

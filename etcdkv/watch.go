@@ -55,9 +55,12 @@ type watchState[V any] struct {
 
 	// unconfirmed is set while value holds changes from the watch that
 	// the identity's access was not confirmed for (access.go); epoch is
-	// the auth epoch access was last confirmed in.
+	// the auth epoch access was last confirmed in. changes counts the
+	// changes taken from the watch: a check confirms only what the state
+	// held when it was asked for, not what came while it ran.
 	unconfirmed bool
 	epoch       uint64
+	changes     uint64
 }
 
 // openState reads sp's range with p's identity and starts its watch. The
@@ -226,7 +229,13 @@ func (st *watchState[V]) confirmedLocked(epoch uint64) {
 // confirm checks the identity's access to the range with etcd (see
 // access.go). When it is gone the watch stops: nothing more streams for an
 // identity that may not read it.
-func (st *watchState[V]) confirm(ctx context.Context) error {
+//
+// The check confirms the state as it was when the caller took changes
+// (under st.mu, before calling): a change the watch brought while the check
+// ran may have been written after a revocation that the check, begun
+// earlier, did not see. The state then stays unconfirmed, and the caller
+// may deliver only what it held before.
+func (st *watchState[V]) confirm(ctx context.Context, changes uint64) error {
 	epoch, _, err := st.s.checkAccess(ctx, st.id, st.sp)
 	if err != nil {
 		if accessClass(err) != nil {
@@ -235,7 +244,9 @@ func (st *watchState[V]) confirm(ctx context.Context) error {
 		return err
 	}
 	st.mu.Lock()
-	st.confirmedLocked(epoch)
+	if st.changes == changes {
+		st.confirmedLocked(epoch)
+	}
 	st.mu.Unlock()
 	return nil
 }
@@ -289,7 +300,10 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 		case (accessClass(err) != nil || staleToken(err)) && attempt == 0:
 			// A checked read renews a stale token (or tells the denial);
 			// the next create goes on the new token's stream.
-			if cerr := st.confirm(ctx); cerr != nil {
+			st.mu.Lock()
+			changes := st.changes
+			st.mu.Unlock()
+			if cerr := st.confirm(ctx, changes); cerr != nil {
 				return cerr
 			}
 			continue
@@ -345,6 +359,7 @@ func (st *watchState[V]) takeLocked(ev muxEvent) (changed bool, err error) {
 	st.kvs = applyEvents(st.kvs, ev.events, st.sp.keysOnly())
 	st.value = st.derive(st.sp, st.kvs)
 	st.unconfirmed = true
+	st.changes++
 	last := ev.events[len(ev.events)-1].Kv.ModRevision
 	st.index = uint64(last)
 	st.observeLocked(max(last, ev.rev))

@@ -99,7 +99,7 @@ func parseAgentOptions(args []string, stdout, stderr io.Writer, getenv func(stri
 	fs.Var(listenAddrValue{&o.httpAddr, &o.httpScheme}, "http-addr", "`host:port` (or http:// or https://host:port) of the HTTP API; keep it on\nloopback unless the network is trusted or -tls-cert is given")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "certificate `file` (PEM): serve the API over HTTPS; reloaded when the file changes")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "key `file` (PEM) of -tls-cert")
-	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA certificates `file` (PEM): require client certificates signed by one of them")
+	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA certificates `file` (PEM): require client certificates signed by one of them; reloaded when the file changes")
 	fs.BoolVar(&o.dev, "dev", false, "run a throwaway embedded etcd (development)")
 	fs.Var(hostPortValue{&o.devEtcdAddr}, "dev-etcd-addr", "`host:port` of the embedded etcd's clients with -dev")
 	fs.Var(listValue{&o.etcd}, "etcd", "comma-separated `endpoints` of an etcd cluster: http://host:2379, https://host:2379")

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,6 +81,79 @@ func TestCertificateReload(t *testing.T) {
 		}
 		if !strings.Contains(logs.String(), "cannot load the renewed TLS certificate") {
 			t.Fatalf("no warning about the broken pair:\n%s", logs.String())
+		}
+	})
+}
+
+// The client CA file is reloaded as the certificate is: a client whose
+// certificate a renewed CA signed is admitted from the next check on, one
+// the old CA signed no longer is, and a file caught half-written keeps the
+// previous CAs. Clients are checked in real handshakes.
+func TestClientCAReload(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		server := tlstest.NewCA(t, "server-ca").Server("agent")
+		oldCA, newCA := tlstest.NewCA(t, "old-ca"), tlstest.NewCA(t, "new-ca")
+		oldClient, newClient := oldCA.Client("alice"), newCA.Client("bob")
+		caFile := filepath.Join(t.TempDir(), "clients-ca.pem")
+		stamp := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		install := func(pem []byte) {
+			t.Helper()
+			stamp = stamp.Add(time.Minute)
+			if err := os.WriteFile(caFile, pem, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chtimes(caFile, stamp, stamp); err != nil {
+				t.Fatal(err)
+			}
+		}
+		read := func(f string) []byte {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+		install(read(oldCA.CertFile))
+		var logs syncBuffer
+		cfg, err := serverTLS(server.CertFile, server.KeyFile, caFile, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// admitted reports whether the agent accepts a handshake from a
+		// client presenting client.
+		admitted := func(client tlstest.Pair) bool {
+			t.Helper()
+			sc, cc := net.Pipe()
+			defer sc.Close()
+			defer cc.Close()
+			ccfg := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{client.TLS}}
+			go func() {
+				c := tls.Client(cc, ccfg)
+				if c.Handshake() == nil {
+					c.Read(make([]byte, 1)) // TLS 1.3: the server's verdict on the certificate
+				}
+				cc.Close()
+			}()
+			return tls.Server(sc, cfg).Handshake() == nil
+		}
+		if !admitted(oldClient) || admitted(newClient) {
+			t.Fatal("with the old CA: want alice (old CA) admitted and bob (new CA) refused")
+		}
+		install(read(newCA.CertFile))
+		if !admitted(oldClient) {
+			t.Fatal("alice refused before the next check")
+		}
+		time.Sleep(certCheckInterval)
+		if admitted(oldClient) || !admitted(newClient) {
+			t.Fatal("after the CA file changed: want bob admitted and alice refused")
+		}
+		install([]byte("-----BEGIN CERTIFICATE-----\nhalf"))
+		time.Sleep(certCheckInterval)
+		if !admitted(newClient) {
+			t.Fatal("with a broken CA file: want the previous CAs kept (bob admitted)")
+		}
+		if !strings.Contains(logs.String(), "cannot load the renewed client CA certificates") {
+			t.Fatalf("no warning about the broken CA file:\n%s", logs.String())
 		}
 	})
 }

@@ -4,16 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"strings"
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Watches multiplexed on shared streams.
@@ -265,74 +261,6 @@ func (w *muxWatch) cancelWatch() {
 	m.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: w.id}}})
 }
 
-// requestProgress asks etcd for a progress report on the stream: once its
-// watches are synced, every one of them learns the current revision.
-func (m *watchMux) requestProgress() error {
-	return m.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}})
-}
-
-// send queues req, unless the stream is closed.
-func (m *watchMux) send(req *pb.WatchRequest) error {
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		return errMuxClosed
-	}
-	start := m.enqueueLocked(req)
-	m.mu.Unlock()
-	if start {
-		m.startSending()
-	}
-	return nil
-}
-
-// enqueueLocked queues req; it reports whether the caller must start the
-// sending goroutine.
-func (m *watchMux) enqueueLocked(req *pb.WatchRequest) bool {
-	m.queue = append(m.queue, req)
-	if _, progress := req.RequestUnion.(*pb.WatchRequest_ProgressRequest); progress {
-		m.progressSent++
-	}
-	if m.sending {
-		return false
-	}
-	m.sending = true
-	return true
-}
-
-func (m *watchMux) startSending() {
-	if !m.s.goBackground(m.sendQueue) {
-		m.fail(ErrClosed)
-	}
-}
-
-// sendQueue is the sending goroutine: it sends the queue until it is
-// empty, or until a send fails, which ends the stream.
-func (m *watchMux) sendQueue() {
-	for {
-		m.mu.Lock()
-		batch := m.queue
-		m.queue = nil
-		if len(batch) == 0 || m.closed { // closed: the stream is ending
-			m.sending = false
-			m.mu.Unlock()
-			return
-		}
-		m.mu.Unlock()
-		for _, req := range batch {
-			if err := m.stream.Send(req); err != nil {
-				if err != io.EOF { // io.EOF: etcd ended the stream, and recv reports why
-					m.fail(err)
-				}
-				m.mu.Lock()
-				m.queue, m.sending = nil, false
-				m.mu.Unlock()
-				return
-			}
-		}
-	}
-}
-
 // recv is the stream's goroutine: it reads responses until the stream
 // ends, and hands each to its watch.
 func (m *watchMux) recv() {
@@ -457,35 +385,4 @@ func (m *watchMux) fail(err error) {
 			w.sink.watchEvent(w, muxEvent{end: true, err: err})
 		}
 	}
-}
-
-// cancelErr is why etcd cancelled a watch: compaction past its start, a
-// refusal (permission denied, a stale token), or another reason.
-func cancelErr(resp *pb.WatchResponse) error {
-	switch {
-	case resp.CompactRevision != 0:
-		return rpctypes.ErrCompacted
-	case resp.CancelReason != "":
-		return reasonErr(resp.CancelReason)
-	}
-	return errors.New("etcdkv: watch cancelled by etcd")
-}
-
-// reasonErr turns a cancel reason into the error etcd means. etcd writes
-// the whole gRPC error there ("rpc error: code = PermissionDenied desc =
-// etcdserver: permission denied"); its description is what rpctypes knows
-// (ErrPermissionDenied, ErrInvalidAuthToken, ErrAuthOldRevision...).
-func reasonErr(reason string) error {
-	code, desc := codes.FailedPrecondition, reason
-	if _, rest, ok := strings.Cut(reason, "rpc error: code = "); ok {
-		if name, d, ok := strings.Cut(rest, " desc = "); ok {
-			desc = d
-			for c := codes.OK; c <= codes.Unauthenticated; c++ {
-				if c.String() == name {
-					code = c
-				}
-			}
-		}
-	}
-	return rpctypes.Error(status.Error(code, desc))
 }

@@ -25,7 +25,9 @@ import (
 //     change committed before it began, so a change written after a
 //     revocation returned is never published: the read fails with
 //     "permission denied" (or the identity's token cannot be renewed) and the
-//     entry publishes that, fatally, instead. Checks of one identity are
+//     entry publishes that, fatally, instead. A read confirms only the
+//     changes seen before it began; one the watch brings while it runs
+//     waits for the next (watchState.confirm). Checks of one identity are
 //     batched: entries that changed while a check was in flight share the
 //     next one (one read-only transaction of count-only ranges).
 //   - Each auth change. A watcher (watchAuth) asks etcd for its auth

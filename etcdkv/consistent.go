@@ -18,7 +18,7 @@ import (
 // one linearizable request shared by the consistent reads of an identity
 // that wait together (the batched access check of access.go, whose
 // response carries the revision, and which confirms access too; under
-// load about one per sixteen reads), waits until the entry's
+// load about one per twelve reads), waits until the entry's
 // watch has delivered everything up to R (an idle watch is asked for a
 // progress notification, which reports its revision), and answers from the
 // cache. An entry that cannot catch up within ConsistentWait (its watch

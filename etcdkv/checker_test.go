@@ -1,6 +1,9 @@
 package etcdkv
 
-import "testing"
+import (
+	"math/rand/v2"
+	"testing"
+)
 
 // The batching of access checks: the first request of an idle identity is
 // checked at once; while checks are in flight, another starts once
@@ -57,5 +60,55 @@ func TestAccessCheckerBatches(t *testing.T) {
 	}
 	if got := add(1); len(got) != 1 {
 		t.Fatalf("an idle identity's request started %v, want a batch", got)
+	}
+}
+
+// Random sequences of requests and ends of checks keep the checker's
+// invariants: every request is taken by exactly one batch, in the order
+// requests came; a request never waits with no batch in flight; at most
+// maxChecksInFlight batches run.
+func TestAccessCheckerInvariants(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var c accessChecker
+	running := 0 // batches the model knows to be in flight
+	queued := 0  // requests added
+	var taken []*accessReq
+	reqs := map[*accessReq]int{} // request -> its position
+	check := func(step int) {
+		t.Helper()
+		c.mu.Lock()
+		pending, inFlight := len(c.pending), c.inFlight
+		c.mu.Unlock()
+		switch {
+		case inFlight != running:
+			t.Fatalf("step %d: inFlight %d, model %d", step, inFlight, running)
+		case inFlight > maxChecksInFlight:
+			t.Fatalf("step %d: %d checks in flight", step, inFlight)
+		case pending > 0 && inFlight == 0:
+			t.Fatalf("step %d: %d requests wait with no check in flight", step, pending)
+		case len(taken)+pending != queued:
+			t.Fatalf("step %d: %d taken + %d pending != %d queued", step, len(taken), pending, queued)
+		}
+	}
+	for step := range 100_000 {
+		if running == 0 || rng.IntN(3) > 0 {
+			r := &accessReq{}
+			reqs[r] = queued
+			queued++
+			if batch, _ := c.add(r); batch != nil {
+				running++
+				taken = append(taken, batch...)
+			}
+		} else if batch := c.next(); batch != nil {
+			taken = append(taken, batch...)
+		} else {
+			running--
+		}
+		check(step)
+	}
+	for i, r := range taken {
+		if reqs[r] != i {
+			t.Fatalf("request %d was taken %dth", reqs[r], i)
+		}
 	}
 }

@@ -200,10 +200,10 @@ type accessChecker struct {
 // fewer reads per second, one check at a time 0.05 and 25-30 % fewer.
 // minCheckGap keeps a burst (100 entries of one identity changed by one
 // transaction, BenchmarkEtcdAccessCheck) from starting a check per 16 of
-// them: 8.5 checks per burst without it, 4.7-5.2 with it (3.7 one at a
-// time); consistent reads then take 0.06 checks per read, as many reads
-// per second with etcd in a process of its own, 10 % fewer with etcd in
-// the agent's.
+// them: 8.5 checks per burst without it, 4.7-5.4 with it, as many as one
+// check at a time (4.6-4.9 in the same session); consistent reads then
+// take 0.06 checks per read, as many reads per second with etcd in a
+// process of its own, 10 % fewer with etcd in the agent's.
 const (
 	checkBatchMin     = 16
 	maxChecksInFlight = 8

@@ -82,11 +82,14 @@ func (f rangeFetcher[V]) FetchAsync(ctx context.Context, opts watchcache.FetchOp
 			done(watchcache.FetchResult[V]{}, fetchErr(err))
 			return
 		}
-		st, err := openState(ctx, s, sp, req.Partition, f.derive, prev)
+		// The read's result, not the state's value once the watch started:
+		// what the watch brought since is not confirmed (access.go), and
+		// the next fetch delivers it once it is.
+		_, res, err := openState(ctx, s, sp, req.Partition, f.derive, prev)
 		if err != nil {
 			done(watchcache.FetchResult[V]{}, fetchErr(err))
 			return
 		}
-		done(st.result(), nil)
+		done(res, nil)
 	})
 }

@@ -260,10 +260,9 @@ func TestCheckCoversOnlyWhatItWasAskedFor(t *testing.T) {
 	}
 	after := put(t, root, "/b/k", "after")
 	sp, _ := parseKeyKey("/b/k")
-	eventually(t, "the entry's watch takes \"after\"", func() bool {
-		v, ok := f.src.views.Load(viewKey{p, sp})
-		return ok && v.(*stateView).rev.Load() >= after
-	})
+	if err := viewReaches(f.src, p, sp, after); err != nil {
+		t.Fatal(err)
+	}
 	release <- struct{}{}
 	ev := until(t, ch, "an access error", func(ev watchcache.UpdateEvent[Key]) bool {
 		if string(ev.Result.Entry.Value) == "after" {
@@ -273,5 +272,73 @@ func TestCheckCoversOnlyWhatItWasAskedFor(t *testing.T) {
 	})
 	if !errors.Is(ev.Err, ErrAuthFailed) && !errors.Is(ev.Err, ErrUnknownIdentity) {
 		t.Fatalf("the watcher's error = %v, want an authentication error", ev.Err)
+	}
+}
+
+// A read answers a fetch with what it read, not with what the watch it
+// starts brought by the time the fetch returns: a watch created before a
+// revocation streams what is written after it, unchecked. Here, once the
+// first read of /b/k started its watch, u loses the role that grants it,
+// "after" is written, and the watch takes it before the fetch returns.
+func TestReadAnswersWithWhatItRead(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	put(t, c.Client(t), "/b/k", "before")
+	c.EnableAuth(t, []etcdtest.User{{Name: "u", Password: "u-pw", Roles: []etcdtest.Role{{Name: "rb", Prefix: "/b/", Perm: etcdtest.PermRead}}}})
+	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
+	f := newFixture(t, testConfig(c, 1), watchcache.Options{})
+	p := login(t, f.src, "u", "u-pw")
+	sp, _ := parseKeyKey("/b/k")
+	var armed atomic.Bool
+	armed.Store(true)
+	f.src.testHookAfterWatch = func(got spec) {
+		if got != sp || !armed.CompareAndSwap(true, false) {
+			return
+		}
+		// On a work goroutine of the source: errors are reported, not fatal.
+		if _, err := root.UserRevokeRole(testCtx(t), "u", "rb"); err != nil {
+			t.Errorf("hook: %v", err)
+			return
+		}
+		after, err := root.Put(testCtx(t), "/b/k", "after")
+		if err != nil {
+			t.Errorf("hook: %v", err)
+			return
+		}
+		if err := viewReaches(f.src, p, sp, after.Header.Revision); err != nil {
+			t.Errorf("hook: %v", err)
+		}
+	}
+	v, _, err := f.kinds.GetKey(testCtx(t), KeyRequest("/b/k", p))
+	if err == nil && string(v.Entry.Value) == "after" {
+		t.Fatal("\"after\", written once u lost its role, reached u")
+	}
+	if err == nil && string(v.Entry.Value) != "before" {
+		t.Fatalf("GetKey = %q, want \"before\" (what the read read)", v.Entry.Value)
+	}
+	if armed.Load() {
+		t.Fatal("the hook never ran")
+	}
+}
+
+// viewReaches waits, within waitFor, until the entry of sp for p has
+// taken revision rev from its watch.
+func viewReaches(s *Source, p watchcache.Partition, sp spec, rev int64) error {
+	v, ok := s.views.Load(viewKey{p, sp})
+	if !ok {
+		return fmt.Errorf("no entry for %s", sp.describe())
+	}
+	sv := v.(*stateView)
+	timeout := time.After(waitFor)
+	for {
+		moved := sv.changed()
+		if sv.rev.Load() >= rev {
+			return nil
+		}
+		select {
+		case <-moved:
+		case <-timeout:
+			return fmt.Errorf("the entry of %s did not take revision %d within %v", sp.describe(), rev, waitFor)
+		}
 	}
 }

@@ -230,6 +230,9 @@ type Source struct {
 	// testHookBeforeWatch, if set (by tests only), runs before an entry's
 	// watch is created from revision rev, after the read it follows.
 	testHookBeforeWatch func(sp spec, rev int64)
+	// testHookAfterWatch, if set (by tests only), runs once an entry's
+	// watch was created.
+	testHookAfterWatch func(sp spec)
 	// testHookAfterCheck, if set (by tests only), runs when etcd answered
 	// an access check, before the requests it served hear of it.
 	testHookAfterCheck func()

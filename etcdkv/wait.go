@@ -169,7 +169,7 @@ func (st *watchState[V]) resyncLocked(w *stateWait[V], always bool) {
 			st.fail(w, err)
 			return
 		}
-		if err := st.resync(w.ctx, false); err != nil {
+		if _, err := st.resync(w.ctx, false); err != nil {
 			st.fail(w, err)
 			return
 		}

@@ -65,8 +65,9 @@ type watchState[V any] struct {
 
 // openState reads sp's range with p's identity and starts its watch. The
 // new state keeps prev's index if the range did not change since prev saw
-// it, so a re-read does not wake watchers for nothing.
-func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Partition, derive func(spec, []Entry) V, prev *watchState[V]) (*watchState[V], error) {
+// it, so a re-read does not wake watchers for nothing. It returns the state
+// and the result of its read (see resync).
+func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Partition, derive func(spec, []Entry) V, prev *watchState[V]) (*watchState[V], watchcache.FetchResult[V], error) {
 	id, err := s.acquire(p)
 	if errors.Is(err, ErrUnknownIdentity) && prev != nil && s.reacquire(prev.id) {
 		// The identity left the pool (idle, or beyond MaxIdentities) but
@@ -74,7 +75,7 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 		id, err = prev.id, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, watchcache.FetchResult[V]{}, err
 	}
 	st := &watchState[V]{s: s, sp: sp, id: id, derive: derive, p: p}
 	if prev != nil {
@@ -91,22 +92,17 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 	st.view.mu.Lock()
 	st.view.owner = st
 	st.view.mu.Unlock()
-	if err := st.resync(ctx, false); err != nil {
+	res, err := st.resync(ctx, false)
+	if err != nil {
 		st.Close()
-		return nil, err
+		return nil, watchcache.FetchResult[V]{}, err
 	}
-	return st, nil
+	return st, res, nil
 }
 
 // resultLocked is the state's value as a fetch returns it.
 func (st *watchState[V]) resultLocked() watchcache.FetchResult[V] {
 	return watchcache.FetchResult[V]{Value: st.value, Index: st.index, State: st}
-}
-
-func (st *watchState[V]) result() watchcache.FetchResult[V] {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.resultLocked()
 }
 
 // Close ends the watch and releases the identity. The cache calls it.
@@ -186,13 +182,15 @@ func freshIndex(sp spec, kvs []Entry, rev int64) uint64 {
 // they belong to another history).
 //
 // The read is made with the identity's token, so it confirms the
-// identity's access (access.go) in the epoch it began in.
-func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
+// identity's access (access.go) in the epoch it began in. It returns the
+// state's result as of the read: what the new watch brings afterwards is
+// not confirmed yet.
+func (st *watchState[V]) resync(ctx context.Context, fresh bool) (watchcache.FetchResult[V], error) {
 	st.stopWatch()
 	epoch := st.s.auth.epoch.Load()
 	kvs, rev, err := st.s.read(ctx, st.id, st.sp)
 	if err != nil {
-		return err
+		return watchcache.FetchResult[V]{}, err
 	}
 	st.mu.Lock()
 	switch {
@@ -207,8 +205,9 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 		st.rev, st.revAt = rev, time.Now()
 		st.view.set(st.rev, st.index)
 		st.confirmedLocked(epoch)
+		res := st.resultLocked()
 		st.mu.Unlock()
-		return st.startWatch(ctx, rev+1)
+		return res, st.startWatch(ctx, rev+1)
 	}
 	st.kvs = kvs
 	st.value = st.derive(st.sp, kvs)
@@ -216,8 +215,9 @@ func (st *watchState[V]) resync(ctx context.Context, fresh bool) error {
 	st.rev, st.revAt = rev, time.Now()
 	st.view.set(st.rev, st.index)
 	st.confirmedLocked(epoch)
+	res := st.resultLocked()
 	st.mu.Unlock()
-	return st.startWatch(ctx, rev+1)
+	return res, st.startWatch(ctx, rev+1)
 }
 
 // confirmedLocked records that the identity's access to the state's value
@@ -287,6 +287,9 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 			st.view.mu.Lock()
 			st.view.mux = w.m
 			st.view.mu.Unlock()
+			if h := st.s.testHookAfterWatch; h != nil {
+				h(st.sp)
+			}
 			return nil
 		}
 		st.stopWatch() // the watch that was refused, if it got that far

@@ -26,12 +26,17 @@ import (
 // wait to be sent: requests are queued, so no caller waits on the
 // stream's flow control.
 //
-// Creating a watch sends a create request with an ID the source chose.
-// etcd answers every create, in order, with a created response; a refused
-// one (permission denied) carries ID -1, so answers are matched to
-// creates by order, which the queue keeps. Cancelling
-// forgets the ID at once, so late responses for it are dropped, and tells
-// etcd. Streams are opened with WithRequireLeader: a member cut off from
+// Creating a watch sends a create request and lets etcd choose the
+// watch's ID: etcd's gRPC proxy numbers watches itself whatever the
+// client asks, so an ID the source chose could name another watch there.
+// etcd answers every create, in order, with a created response carrying
+// the ID (a refused one, permission denied, carries -1), so answers are
+// matched to creates by order, which the queue keeps, and responses to
+// watches by the ID. Cancelling forgets the ID at once, so late responses
+// for it are dropped, and tells etcd; a watch cancelled before etcd
+// answered its create is cancelled when the answer comes. As a second
+// guard, an entry's state takes no event for a key outside its range
+// (watchState.watchEvent). Streams are opened with WithRequireLeader: a member cut off from
 // its cluster ends them (ErrNoLeader) instead of keeping them silently;
 // the client's keepalive ends them with their connection when nothing
 // comes back on it (New).
@@ -54,9 +59,8 @@ type watchMux struct {
 	stream   pb.Watch_WatchClient
 	cancel   context.CancelFunc // ends the stream
 	closed   bool               // no new watches: broken, or closed when it became empty
-	watches  map[int64]*muxWatch
-	creating []*muxWatch // creates queued and not answered yet, in order
-	nextID   int64       // IDs start at 1: etcd reads 0 as "choose one"
+	watches  map[int64]*muxWatch // the watches etcd created, by the ID it gave them
+	creating []*muxWatch         // creates queued and not answered yet, in order
 	// queue holds the requests to send, in order. One goroutine sends
 	// them (gRPC allows one sender at a time), and runs only while the
 	// queue is not empty: no one who creates, cancels or asks for
@@ -79,13 +83,15 @@ type watchMux struct {
 // muxWatch is one watch on a stream.
 type muxWatch struct {
 	m            *watchMux
-	id           int64
 	progressBase int64 // progress requests queued before its create (see progressRecv)
 	sink         watchSink
 	created      chan error // the create's answer; capacity 1
-	// queued says its create was queued; cancelled that it was cancelled.
-	// Both are guarded by m.mu.
-	queued, cancelled bool
+
+	// Guarded by m.mu. A watch is made (new), queued (its create was
+	// queued), live (etcd created it: id is etcd's ID for it), and ends
+	// cancelled (by the source, or etcd ended it).
+	id                      int64
+	queued, live, cancelled bool
 }
 
 // watchSink receives a watch's responses on the stream's goroutine; it
@@ -186,23 +192,18 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 	return m, nil
 }
 
-// create queues the create request of a watch. The watch is known to the
-// stream from the start, so that a cancel while registered runs (the
-// entry's state closing) finds it; its create is then never queued, as a
-// cancel that reached etcd before the create would leave etcd's watch
-// running for good.
+// create queues the create request of a watch. A cancel while registered
+// runs (the entry's state closing) keeps its create from being queued.
 func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
 		return nil, errMuxClosed
 	}
-	m.nextID++
-	w := &muxWatch{m: m, id: m.nextID, sink: sink, created: make(chan error, 1)}
-	m.watches[w.id] = w
+	w := &muxWatch{m: m, sink: sink, created: make(chan error, 1)}
 	m.mu.Unlock()
 	registered(w) // before etcd can answer
-	cr := &pb.WatchCreateRequest{Key: []byte(sp.start()), StartRevision: from, WatchId: w.id}
+	cr := &pb.WatchCreateRequest{Key: []byte(sp.start()), StartRevision: from}
 	if sp.isRange() {
 		cr.RangeEnd = []byte(sp.end())
 	}
@@ -227,38 +228,30 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 	return w, nil
 }
 
-// cancelWatch ends w: its responses are dropped from now on. The stream
-// closes if w was its last watch.
+// cancelWatch ends w: its responses are dropped from now on. A live watch
+// is cancelled with etcd, or its stream closed if it was the last; a
+// queued one once etcd answers its create (dispatch).
 func (w *muxWatch) cancelWatch() {
 	m := w.m
-	s := m.s
-	s.muxMu.Lock()
 	m.mu.Lock()
-	if m.watches[w.id] != w {
+	if w.cancelled {
 		m.mu.Unlock()
-		s.muxMu.Unlock()
 		return // ended already
 	}
-	delete(m.watches, w.id)
 	w.cancelled = true
-	queued := w.queued
-	last := len(m.watches) == 0 && !m.closed
-	if last {
-		m.closed = true
-		if s.muxes[m.key] == m {
-			delete(s.muxes, m.key)
-		}
+	live, id := w.live, w.id
+	if live {
+		delete(m.watches, id)
 	}
 	m.mu.Unlock()
-	s.muxMu.Unlock()
-	switch {
-	case last:
-		m.cancel() // the reader ends with the stream
-		return
-	case !queued:
-		return // etcd never heard of it
+	if !live || m.closeIfIdle() {
+		return // etcd never created it (yet), or the stream's end cancels it
 	}
-	m.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: w.id}}})
+	m.send(cancelRequest(id))
+}
+
+func cancelRequest(id int64) *pb.WatchRequest {
+	return &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: id}}}
 }
 
 // recv is the stream's goroutine: it reads responses until the stream
@@ -291,16 +284,29 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 			m.creating = nil // let a burst's backing array go
 		}
 		var err error
-		if resp.Canceled {
+		switch {
+		case resp.Canceled: // refused
 			err = cancelErr(resp)
-			if m.watches[w.id] == w {
-				delete(m.watches, w.id)
-			}
+			w.cancelled = true
+		case w.cancelled: // by the source, while etcd created it
+			err = errWatchCancelled
+		case m.watches[resp.WatchId] != nil:
+			m.mu.Unlock()
+			m.fail(fmt.Errorf("etcd gave watch ID %d to two watches of one stream", resp.WatchId))
+			return
+		default:
+			w.id, w.live = resp.WatchId, true
+			m.watches[w.id] = w
 		}
 		m.mu.Unlock()
 		w.created <- err
-		if resp.Canceled {
+		switch {
+		case resp.Canceled:
 			m.closeIfIdle()
+		case err != nil:
+			if !m.closeIfIdle() {
+				m.send(cancelRequest(resp.WatchId))
+			}
 		}
 		return
 	case resp.WatchId == clientv3.InvalidWatchID:
@@ -322,6 +328,7 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 	w := m.watches[resp.WatchId]
 	if w != nil && resp.Canceled {
 		delete(m.watches, w.id)
+		w.cancelled = true
 	}
 	m.mu.Unlock()
 	if w == nil {
@@ -337,10 +344,11 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 	}
 }
 
-// closeIfIdle closes the stream if etcd ended its last watch (a refused
-// create, a compaction): nothing else would, and a stream of an old token
-// would never be used again.
-func (m *watchMux) closeIfIdle() {
+// closeIfIdle closes the stream if no watch is left on it, created or
+// being created (etcd ended or refused the last, or the source cancelled
+// it): nothing else would, and a stream of an old token would never be
+// used again. It reports whether it closed it.
+func (m *watchMux) closeIfIdle() bool {
 	s := m.s
 	s.muxMu.Lock()
 	m.mu.Lock()
@@ -356,6 +364,7 @@ func (m *watchMux) closeIfIdle() {
 	if idle {
 		m.cancel()
 	}
+	return idle
 }
 
 // fail ends the stream after an error: every watch on it ends with err.
@@ -370,19 +379,21 @@ func (m *watchMux) fail(err error) {
 	creating := m.creating
 	watches := m.watches
 	m.creating, m.watches = nil, map[int64]*muxWatch{}
+	for _, w := range creating {
+		w.cancelled = true
+	}
+	for _, w := range watches {
+		w.cancelled = true
+	}
 	m.mu.Unlock()
 	s.muxMu.Unlock()
 	m.cancel()
 
 	err = fmt.Errorf("etcdkv: watch stream: %w", rpctypes.Error(err))
-	answered := make(map[*muxWatch]bool, len(creating))
 	for _, w := range creating {
-		answered[w] = true
 		w.created <- err
 	}
 	for _, w := range watches {
-		if !answered[w] {
-			w.sink.watchEvent(w, muxEvent{end: true, err: err})
-		}
+		w.sink.watchEvent(w, muxEvent{end: true, err: err})
 	}
 }

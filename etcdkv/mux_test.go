@@ -154,7 +154,10 @@ func TestWatchCancelledWhileCreated(t *testing.T) {
 		t.Fatalf("create of a watch cancelled meanwhile = %v, want errWatchCancelled", err)
 	}
 	m.mu.Lock()
-	_, kept := m.watches[cancelled.id]
+	kept := false
+	for _, w := range m.watches {
+		kept = kept || w == cancelled
+	}
 	creating, queued, closed := len(m.creating), cancelled.queued, m.closed
 	m.mu.Unlock()
 	if kept || creating != 0 || queued || closed {

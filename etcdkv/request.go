@@ -2,6 +2,7 @@ package etcdkv
 
 import (
 	"strconv"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -80,6 +81,14 @@ func (sp spec) end() string {
 		return "\x00"
 	}
 	return clientv3.GetPrefixRangeEnd(sp.key)
+}
+
+// contains reports whether key is in sp's range.
+func (sp spec) contains(key string) bool {
+	if !sp.isRange() {
+		return key == sp.key
+	}
+	return strings.HasPrefix(key, sp.key)
 }
 
 // keysOnly reports whether sp needs no values (the keys kind).

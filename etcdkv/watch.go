@@ -327,6 +327,23 @@ func (st *watchState[V]) watchEvent(w *muxWatch, ev muxEvent) {
 		st.mu.Unlock()
 		return // a watch the state has replaced
 	}
+	for _, e := range ev.events {
+		if !st.sp.contains(string(e.Kv.Key)) {
+			// Another watch's event (a server that mixed up watch IDs):
+			// its key's access was not checked for this identity. Read
+			// the range again on a new watch.
+			st.w = nil
+			waiting := st.pending != nil
+			st.mu.Unlock()
+			st.s.log.Error("etcdkv: a watch delivered a key outside its range; reading the range again",
+				"range", st.sp.describe(), "key", string(e.Kv.Key))
+			w.cancelWatch()
+			if waiting {
+				st.evaluate()
+			}
+			return
+		}
+	}
 	if _, err := st.takeLocked(ev); err != nil {
 		st.watchErr = err
 	}

@@ -39,7 +39,9 @@ import (
 //     before the revocation at most. With AccessCheckBounded this is the
 //     only check: a change is confirmed only if the epoch moved since the
 //     entry's last confirmation, so for up to AuthCheckInterval after a
-//     revocation its writes may still reach the identity.
+//     revocation its writes may still reach the identity (up to twice that
+//     when the next poll fails: a poll is trusted for two intervals, and
+//     then every change is confirmed, as in strict mode).
 //
 // A value read from etcd (an entry's first read, a re-read) is its own
 // check: the read was made with the identity's token.

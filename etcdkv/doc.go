@@ -99,10 +99,12 @@
 // or Notify; the entry gets a fatal ErrPermissionDenied or ErrAuthFailed
 // instead. Checks of one identity's entries that changed together share
 // one read-only transaction. Every Config.AuthCheckInterval (at most 1 s)
-// the source asks etcd whether its auth store changed; when it did, waiting
-// entries and cached values are confirmed again before they are returned.
-// AccessCheckBounded confirms only then, saving a read per change: writes
-// made up to AuthCheckInterval after a revocation may still be delivered.
+// the source asks etcd whether its auth store changed; when it did, every
+// entry confirms access again, and one whose access is gone publishes the
+// denial (until then a Get may return a value written before the
+// revocation). AccessCheckBounded confirms only then, saving a read per
+// change: writes made up to AuthCheckInterval after a revocation (twice
+// that if etcd does not answer the next poll) may still be delivered.
 //
 // # Read-your-writes
 //

@@ -51,14 +51,16 @@ const (
 	// key or range, started after the change was seen (one request per
 	// identity covers every entry of it that changed meanwhile). No value
 	// written after a revocation returned reaches the identity, by any
-	// path. Cached reads are confirmed again whenever etcd's auth store
-	// changed (AuthCheckInterval).
+	// path. Every entry confirms access again whenever etcd's auth store
+	// changed (AuthCheckInterval); until it publishes a denial, a Get may
+	// return a value written before the revocation.
 	AccessCheckStrict AccessCheck = iota
 
 	// AccessCheckBounded confirms access only after etcd's auth store
 	// changed, which the source learns every AuthCheckInterval: values
-	// written up to that long after a revocation may still reach the
-	// identity. It saves one read per change and identity.
+	// written up to that long after a revocation (twice that if etcd does
+	// not answer the next poll; later, every change is confirmed) may
+	// still reach the identity. It saves one read per change and identity.
 	AccessCheckBounded
 )
 

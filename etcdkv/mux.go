@@ -57,8 +57,8 @@ type watchMux struct {
 
 	mu       sync.Mutex // protects the fields below; taken under Source.muxMu, never the reverse
 	stream   pb.Watch_WatchClient
-	cancel   context.CancelFunc // ends the stream
-	closed   bool               // no new watches: broken, or closed when it became empty
+	cancel   context.CancelFunc  // ends the stream
+	closed   bool                // no new watches: broken, or closed when it became empty
 	watches  map[int64]*muxWatch // the watches etcd created, by the ID it gave them
 	creating []*muxWatch         // creates queued and not answered yet, in order
 	// queue holds the requests to send, in order. One goroutine sends

@@ -36,7 +36,14 @@ import (
 // for it are dropped, and tells etcd; a watch cancelled before etcd
 // answered its create is cancelled when the answer comes. As a second
 // guard, an entry's state takes no event for a key outside its range
-// (watchState.watchEvent). Streams are opened with WithRequireLeader: a member cut off from
+// (watchState.watchEvent).
+//
+// Known limit: etcd's gRPC proxy answers the creates of watches made at
+// the same time in the order its own upstream watches start, not in the
+// order they were asked, so two watches may each be bound to the other's
+// ID. The guard keeps every event out of the wrong entry (the entry reads
+// again on a new watch), but an entry can miss its own changes until the
+// other range changes. etcd itself answers in order. Streams are opened with WithRequireLeader: a member cut off from
 // its cluster ends them (ErrNoLeader) instead of keeping them silently;
 // the client's keepalive ends them with their connection when nothing
 // comes back on it (New).

@@ -26,30 +26,32 @@ import (
 // wait to be sent: requests are queued, so no caller waits on the
 // stream's flow control.
 //
-// Creating a watch sends a create request and lets etcd choose the
-// watch's ID: etcd's gRPC proxy numbers watches itself whatever the
-// client asks, so an ID the source chose could name another watch there.
-// etcd answers every create, in order, with a created response carrying
-// the ID (a refused one, permission denied, carries -1), so answers are
-// matched to creates by order, which the queue keeps, and responses to
-// watches by the ID. Cancelling forgets the ID at once, so late responses
-// for it are dropped, and tells etcd; a watch cancelled before etcd
-// answered its create is cancelled when the answer comes. As a second
-// guard, an entry's state takes no event for a key outside its range
-// (watchState.watchEvent).
-//
-// Known limit: etcd's gRPC proxy answers the creates of watches made at
-// the same time in the order its own upstream watches start, not in the
-// order they were asked, so two watches may each be bound to the other's
-// ID. The guard keeps every event out of the wrong entry (the entry reads
-// again on a new watch), but an entry can miss its own changes until the
-// other range changes. etcd itself answers in order. Streams are opened with WithRequireLeader: a member cut off from
-// its cluster ends them (ErrNoLeader) instead of keeping them silently;
-// the client's keepalive ends them with their connection when nothing
-// comes back on it (New).
-// When a stream breaks every watch on it ends, and each entry reads its
-// range again and watches from there, on a new stream. A stream is closed
-// when its last watch is cancelled.
+// Creating a watch sends a create request with an ID the source chose,
+// which etcd uses for the watch. etcd answers every create, in order, with
+// a created response (a refused one, permission denied, carries ID -1), so
+// answers are matched to creates by order, which the queue keeps, and
+// responses to watches by ID. etcd's gRPC proxy is different: it numbers
+// the watches of a stream itself, and answers the creates of watches made
+// at the same time in the order its own upstream watches start. So a
+// stream sends one create at a time until etcd answered one with the ID
+// the source chose (verified), and then as many as come; behind the proxy
+// it never is, each answer belongs to the one create out, and the watch
+// takes the ID the answer gives. The source's IDs start at watchIDBase,
+// far from the proxy's, so an answer never looks verified by chance.
+// Cancelling forgets the ID at once, so late responses for it are
+// dropped, and tells etcd; a watch cancelled before etcd answered its
+// create is cancelled when the answer comes. As a second guard, an
+// entry's state takes no event for a key outside its range
+// (watchState.watchEvent). Streams are opened with WithRequireLeader: a
+// member cut off from its cluster ends them (ErrNoLeader) instead of
+// keeping them silently; the client's keepalive ends them with their
+// connection when nothing comes back on it (New). When a stream breaks
+// every watch on it ends, and each entry reads its range again and
+// watches from there, on a new stream. A stream is closed when its last
+// watch is cancelled.
+
+// watchIDBase is the first watch ID the source chooses on a stream.
+const watchIDBase = 1 << 40
 
 // muxKey names a stream: an identity and the token it was opened with.
 type muxKey struct {
@@ -66,8 +68,14 @@ type watchMux struct {
 	stream   pb.Watch_WatchClient
 	cancel   context.CancelFunc  // ends the stream
 	closed   bool                // no new watches: broken, or closed when it became empty
-	watches  map[int64]*muxWatch // the watches etcd created, by the ID it gave them
+	watches  map[int64]*muxWatch // the watches etcd created, by their IDs
 	creating []*muxWatch         // creates queued and not answered yet, in order
+	// deferred holds creates not queued yet: until etcd answered one
+	// create with the ID the source chose (verified), a stream has one
+	// create out at a time (see the notes above).
+	deferred []*muxWatch
+	verified bool
+	nextID   int64 // the next ID to choose
 	// queue holds the requests to send, in order. One goroutine sends
 	// them (gRPC allows one sender at a time), and runs only while the
 	// queue is not empty: no one who creates, cancels or asks for
@@ -95,9 +103,11 @@ type muxWatch struct {
 	created      chan error // the create's answer; capacity 1
 
 	// Guarded by m.mu. A watch is made (new), queued (its create was
-	// queued), live (etcd created it: id is etcd's ID for it), and ends
+	// queued, or deferred: req waits in m.deferred), live (etcd created it:
+	// id is its ID, which etcd chose if it ignored the source's), and ends
 	// cancelled (by the source, or etcd ended it).
 	id                      int64
+	req                     *pb.WatchRequest // the create, until it is queued
 	queued, live, cancelled bool
 }
 
@@ -199,8 +209,9 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 	return m, nil
 }
 
-// create queues the create request of a watch. A cancel while registered
-// runs (the entry's state closing) keeps its create from being queued.
+// create queues the create request of a watch (or defers it, see the
+// notes above). A cancel while registered runs (the entry's state
+// closing) keeps its create from being queued.
 func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
 	m.mu.Lock()
 	if m.closed {
@@ -223,16 +234,57 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 		m.mu.Unlock()
 		return nil, errMuxClosed
 	}
-	// Queued in the order of m.creating, which etcd's answers follow.
+	if m.nextID == 0 {
+		m.nextID = watchIDBase
+	}
+	w.id = m.nextID
+	m.nextID++
+	cr.WatchId = w.id
+	w.req = &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}}
 	w.queued = true
-	w.progressBase = m.progressSent
-	m.creating = append(m.creating, w)
-	start := m.enqueueLocked(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}})
+	var start bool
+	if !m.verified && len(m.creating) > 0 {
+		m.deferred = append(m.deferred, w)
+	} else {
+		start = m.sendCreateLocked(w)
+	}
 	m.mu.Unlock()
 	if start {
 		m.startSending()
 	}
 	return w, nil
+}
+
+// sendCreateLocked queues w's create, in the order of m.creating, which
+// etcd's answers follow. It reports whether the caller must start the
+// sending goroutine.
+func (m *watchMux) sendCreateLocked(w *muxWatch) bool {
+	w.progressBase = m.progressSent
+	m.creating = append(m.creating, w)
+	req := w.req
+	w.req = nil
+	return m.enqueueLocked(req)
+}
+
+// nextCreatesLocked queues the deferred creates that may go now: all of
+// them once the stream is verified, else the first (once none is out).
+// Cancelled ones are answered instead; it returns them, for the caller to
+// answer once it released m.mu, and whether to start the sender.
+func (m *watchMux) nextCreatesLocked() (cancelled []*muxWatch, start bool) {
+	for len(m.deferred) > 0 && (m.verified || len(m.creating) == 0) {
+		w := m.deferred[0]
+		m.deferred[0] = nil
+		m.deferred = m.deferred[1:]
+		if w.cancelled {
+			cancelled = append(cancelled, w)
+			continue
+		}
+		start = m.sendCreateLocked(w) || start
+	}
+	if len(m.deferred) == 0 {
+		m.deferred = nil
+	}
+	return cancelled, start
 }
 
 // cancelWatch ends w: its responses are dropped from now on. A live watch
@@ -295,18 +347,32 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 		case resp.Canceled: // refused
 			err = cancelErr(resp)
 			w.cancelled = true
-		case w.cancelled: // by the source, while etcd created it
-			err = errWatchCancelled
+		case resp.WatchId != w.id && (m.verified || len(m.creating) > 0):
+			// An ID of the server's own while several creates were out:
+			// which answer is whose cannot be told.
+			m.mu.Unlock()
+			m.fail(fmt.Errorf("etcd answered watch create %d with ID %d", w.id, resp.WatchId))
+			return
 		case m.watches[resp.WatchId] != nil:
 			m.mu.Unlock()
 			m.fail(fmt.Errorf("etcd gave watch ID %d to two watches of one stream", resp.WatchId))
 			return
+		case w.cancelled: // by the source, while etcd created it
+			err = errWatchCancelled
 		default:
+			m.verified = m.verified || resp.WatchId == w.id
 			w.id, w.live = resp.WatchId, true
 			m.watches[w.id] = w
 		}
+		skipped, start := m.nextCreatesLocked()
 		m.mu.Unlock()
+		if start {
+			m.startSending()
+		}
 		w.created <- err
+		for _, d := range skipped {
+			d.created <- errWatchCancelled
+		}
 		switch {
 		case resp.Canceled:
 			m.closeIfIdle()
@@ -359,7 +425,7 @@ func (m *watchMux) closeIfIdle() bool {
 	s := m.s
 	s.muxMu.Lock()
 	m.mu.Lock()
-	idle := len(m.watches) == 0 && len(m.creating) == 0 && !m.closed
+	idle := len(m.watches) == 0 && len(m.creating) == 0 && len(m.deferred) == 0 && !m.closed
 	if idle {
 		m.closed = true
 		if s.muxes[m.key] == m {
@@ -383,9 +449,9 @@ func (m *watchMux) fail(err error) {
 	if s.muxes[m.key] == m {
 		delete(s.muxes, m.key)
 	}
-	creating := m.creating
+	creating := append(m.creating, m.deferred...)
 	watches := m.watches
-	m.creating, m.watches = nil, map[int64]*muxWatch{}
+	m.creating, m.deferred, m.watches = nil, nil, map[int64]*muxWatch{}
 	for _, w := range creating {
 		w.cancelled = true
 	}

@@ -1,6 +1,7 @@
 package etcdkv
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -60,9 +61,11 @@ func startGRPCProxy(t *testing.T, endpoint string) string {
 
 // Behind etcd's gRPC proxy, which numbers the watches of a stream itself
 // whatever IDs the client asks for, each entry gets its own range's
-// events: the source lets etcd choose the IDs, and a state takes no event
-// outside its range. Before, the proxy's IDs were one below the source's,
-// and /b/'s events reached the entry of /a/, unchecked for its identity.
+// events, also when the proxy answers their creates out of order: a stream
+// has one create out at a time until the server shows it uses the
+// source's IDs, which the proxy never does. Before, the proxy's IDs were
+// one below the source's, and /b/'s events reached the entry of /a/,
+// unchecked for its identity.
 func TestWatchesThroughGRPCProxy(t *testing.T) {
 	t.Parallel()
 	c := etcdtest.Start(t)
@@ -79,16 +82,17 @@ func TestWatchesThroughGRPCProxy(t *testing.T) {
 		}
 		return strings.Join(kv, ",")
 	}
-	// One watch after the other: the proxy answers the creates of
-	// concurrent watches in the order its upstream watches start, not in
-	// the order they were asked (see the package's notes).
+	// Both at once: the proxy answers the creates of concurrent watches
+	// in the order its own upstream watches start (see mux.go's notes).
 	chA := watch(t, f.kinds.Prefix, PrefixRequest("/a/", self))
-	if ev := next(t, chA); ev.Err != nil || values(ev) != "/a/k=a0" {
-		t.Fatalf("first event of /a/ %q, %v; want /a/k=a0", values(ev), ev.Err)
-	}
 	chB := watch(t, f.kinds.Prefix, PrefixRequest("/b/", self))
-	if ev := next(t, chB); ev.Err != nil || values(ev) != "/b/k=b0" {
-		t.Fatalf("first event of /b/ %q, %v; want /b/k=b0", values(ev), ev.Err)
+	for _, w := range []struct {
+		ch   <-chan watchcache.UpdateEvent[Prefix]
+		want string
+	}{{chA, "/a/k=a0"}, {chB, "/b/k=b0"}} {
+		if ev := next(t, w.ch); ev.Err != nil || values(ev) != w.want {
+			t.Fatalf("first event %q, %v; want %q", values(ev), ev.Err, w.want)
+		}
 	}
 	for i, step := range []struct{ key, value, wantA, wantB string }{
 		{"/b/k", "b1", "", "/b/k=b1"},
@@ -174,4 +178,39 @@ func TestEventOutsideRangeIsRefused(t *testing.T) {
 		}
 		return len(ev.Result.Entries) == 1 && string(ev.Result.Entries[0].Value) == "a1"
 	})
+}
+
+// Many watches made at once through the proxy each follow their own key.
+func TestManyWatchesThroughGRPCProxy(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	const n = 16
+	key := func(i int) string { return fmt.Sprintf("/m%02d/k", i) }
+	for i := range n {
+		put(t, cli, key(i), "v0")
+	}
+	cfg := testConfig(c, 1)
+	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
+	f := newFixture(t, cfg, watchcache.Options{})
+	chs := make([]<-chan watchcache.UpdateEvent[Key], n)
+	for i := range n {
+		chs[i] = watch(t, f.kinds.Key, KeyRequest(key(i), self))
+	}
+	for i, ch := range chs {
+		if ev := next(t, ch); ev.Err != nil || ev.Result.Entry.Key != key(i) || string(ev.Result.Entry.Value) != "v0" {
+			t.Fatalf("first event of %s: %+v, %v", key(i), ev.Result.Entry, ev.Err)
+		}
+	}
+	for i := range n {
+		put(t, cli, key(i), "v1")
+	}
+	for i, ch := range chs {
+		until(t, ch, key(i)+"=v1", func(ev watchcache.UpdateEvent[Key]) bool {
+			if ev.Err == nil && ev.Result.Entry.Key != key(i) {
+				t.Fatalf("the entry of %s got %s", key(i), ev.Result.Entry.Key)
+			}
+			return ev.Err == nil && string(ev.Result.Entry.Value) == "v1"
+		})
+	}
 }

@@ -229,6 +229,7 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 	switch {
 	case w.cancelled:
 		m.mu.Unlock()
+		m.closeIfIdle() // it may have been a new stream's only watch
 		return nil, errWatchCancelled
 	case m.closed:
 		m.mu.Unlock()
@@ -350,14 +351,13 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 		case resp.WatchId != w.id && (m.verified || len(m.creating) > 0):
 			// An ID of the server's own while several creates were out:
 			// which answer is whose cannot be told.
-			m.mu.Unlock()
-			m.fail(fmt.Errorf("etcd answered watch create %d with ID %d", w.id, resp.WatchId))
+			m.failWith(w, fmt.Errorf("etcd answered watch create %d with ID %d", w.id, resp.WatchId))
 			return
 		case m.watches[resp.WatchId] != nil:
-			m.mu.Unlock()
-			m.fail(fmt.Errorf("etcd gave watch ID %d to two watches of one stream", resp.WatchId))
+			m.failWith(w, fmt.Errorf("etcd gave watch ID %d to two watches of one stream", resp.WatchId))
 			return
 		case w.cancelled: // by the source, while etcd created it
+			m.verified = m.verified || resp.WatchId == w.id
 			err = errWatchCancelled
 		default:
 			m.verified = m.verified || resp.WatchId == w.id
@@ -438,6 +438,16 @@ func (m *watchMux) closeIfIdle() bool {
 		m.cancel()
 	}
 	return idle
+}
+
+// failWith ends the stream after an error in the answer to w's create,
+// which dispatch took off m.creating: w hears of it as the others do. It
+// unlocks m.mu.
+func (m *watchMux) failWith(w *muxWatch, err error) {
+	w.cancelled = true
+	m.mu.Unlock()
+	m.fail(err)
+	w.created <- fmt.Errorf("etcdkv: watch stream: %w", err)
 }
 
 // fail ends the stream after an error: every watch on it ends with err.

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/watchcache/watchcache"
@@ -172,4 +174,53 @@ func TestWatchCancelledWhileCreated(t *testing.T) {
 		t.Fatalf("the next watch went to another stream")
 	}
 	w.cancelWatch()
+}
+
+// A new stream whose only watch is cancelled while it is being created is
+// closed, not kept with no watch.
+func TestOnlyWatchCancelledWhileCreatedClosesStream(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	f := newFixture(t, testConfig(c, 1), watchcache.Options{})
+	ctx := testCtx(t)
+	m, err := f.src.muxFor(ctx, f.src.own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, _ := parseKeyKey("/only")
+	if _, err := m.create(sp, 0, nopSink{}, func(w *muxWatch) { w.cancelWatch() }); !errors.Is(err, errWatchCancelled) {
+		t.Fatalf("create = %v, want errWatchCancelled", err)
+	}
+	if streams, _ := streamCounts(f.src); streams != 0 {
+		t.Fatalf("%d streams open after the only watch was cancelled while it was created", streams)
+	}
+}
+
+// An answer to a create that the stream cannot match (an ID of the
+// server's own while several creates are out) ends the stream, and every
+// create waiting on it hears why, the one answered too.
+func TestUnmatchedCreateAnswerFailsEveryCreate(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	f := newFixture(t, testConfig(c, 1), watchcache.Options{})
+	m := &watchMux{s: f.src, cancel: func() {}, watches: map[int64]*muxWatch{}, verified: true}
+	ws := []*muxWatch{
+		{m: m, id: watchIDBase, queued: true, sink: nopSink{}, created: make(chan error, 1)},
+		{m: m, id: watchIDBase + 1, queued: true, sink: nopSink{}, created: make(chan error, 1)},
+	}
+	m.creating = append(m.creating, ws...)
+	m.dispatch(&pb.WatchResponse{Header: &pb.ResponseHeader{}, Created: true, WatchId: 7})
+	for i, w := range ws {
+		select {
+		case err := <-w.created:
+			if err == nil || !strings.Contains(err.Error(), "with ID 7") {
+				t.Errorf("create %d: %v, want the stream's error", i, err)
+			}
+		default:
+			t.Errorf("create %d got no answer", i)
+		}
+	}
+	if !m.closed {
+		t.Error("the stream is still open")
+	}
 }

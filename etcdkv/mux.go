@@ -38,6 +38,8 @@ import (
 // it never is, each answer belongs to the one create out, and the watch
 // takes the ID the answer gives. The source's IDs start at watchIDBase,
 // far from the proxy's, so an answer never looks verified by chance.
+// (Behind the proxy a create's request timeout runs while it waits its
+// turn, so a large burst of creates sees some time out and retry.)
 // Cancelling forgets the ID at once, so late responses for it are
 // dropped, and tells etcd; a watch cancelled before etcd answered its
 // create is cancelled when the answer comes. As a second guard, an

@@ -31,6 +31,20 @@ func streamCounts(s *Source) (streams, empty int) {
 	return streams, empty
 }
 
+// onlyStream returns the source's one watch stream.
+func onlyStream(t *testing.T, s *Source) *watchMux {
+	t.Helper()
+	s.muxMu.Lock()
+	defer s.muxMu.Unlock()
+	if len(s.muxes) != 1 {
+		t.Fatalf("%d watch streams, want 1", len(s.muxes))
+	}
+	for _, m := range s.muxes {
+		return m
+	}
+	return nil
+}
+
 // A watch etcd refuses at its create (the user lost access between the
 // entry's read and its watch) is a denial, fatal for the entry, and the
 // stream it was the only watch of is closed rather than kept open forever.
@@ -137,15 +151,7 @@ func TestWatchCancelledWhileCreated(t *testing.T) {
 	if _, _, err := f.kinds.Key.Get(ctx, KeyRequest("/cw/a", self)); err != nil {
 		t.Fatal(err)
 	}
-	f.src.muxMu.Lock()
-	var m *watchMux
-	for _, mm := range f.src.muxes {
-		m = mm
-	}
-	f.src.muxMu.Unlock()
-	if m == nil {
-		t.Fatal("no watch stream")
-	}
+	m := onlyStream(t, f.src)
 	sp, _ := parseKeyKey("/cw/b")
 	var cancelled *muxWatch
 	_, err := m.create(sp, 0, nopSink{}, func(w *muxWatch) {

@@ -229,12 +229,7 @@ func TestRevocationBounded(t *testing.T) {
 // is written and the entry's watch has taken it.
 func TestCheckCoversOnlyWhatItWasAskedFor(t *testing.T) {
 	t.Parallel()
-	c := etcdtest.Start(t)
-	put(t, c.Client(t), "/b/k", "initial")
-	c.EnableAuth(t, []etcdtest.User{{Name: "u", Password: "u-pw", Roles: []etcdtest.Role{{Name: "rb", Prefix: "/b/", Perm: etcdtest.PermRead}}}})
-	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
-	f := newFixture(t, testConfig(c, 1), watchcache.Options{})
-	p := login(t, f.src, "u", "u-pw")
+	f, root, p := userOfB(t, "initial")
 	req := KeyRequest("/b/k", p)
 	ch := watch(t, f.kinds.Key, req)
 	until(t, ch, "the initial value", func(ev watchcache.UpdateEvent[Key]) bool { return string(ev.Result.Entry.Value) == "initial" })
@@ -282,12 +277,7 @@ func TestCheckCoversOnlyWhatItWasAskedFor(t *testing.T) {
 // "after" is written, and the watch takes it before the fetch returns.
 func TestReadAnswersWithWhatItRead(t *testing.T) {
 	t.Parallel()
-	c := etcdtest.Start(t)
-	put(t, c.Client(t), "/b/k", "before")
-	c.EnableAuth(t, []etcdtest.User{{Name: "u", Password: "u-pw", Roles: []etcdtest.Role{{Name: "rb", Prefix: "/b/", Perm: etcdtest.PermRead}}}})
-	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
-	f := newFixture(t, testConfig(c, 1), watchcache.Options{})
-	p := login(t, f.src, "u", "u-pw")
+	f, root, p := userOfB(t, "before")
 	sp, _ := parseKeyKey("/b/k")
 	var armed atomic.Bool
 	armed.Store(true)
@@ -341,4 +331,17 @@ func viewReaches(s *Source, p watchcache.Partition, sp spec, rev int64) error {
 			return fmt.Errorf("the entry of %s did not take revision %d within %v", sp.describe(), rev, waitFor)
 		}
 	}
+}
+
+// userOfB starts etcd with auth, /b/k set to value and user u (password
+// u-pw) granted read of /b/ by role rb, and a fixture on it. It returns
+// the fixture, a root client and u's Partition.
+func userOfB(t *testing.T, value string) (*fixture, *clientv3.Client, watchcache.Partition) {
+	t.Helper()
+	c := etcdtest.Start(t)
+	put(t, c.Client(t), "/b/k", value)
+	c.EnableAuth(t, []etcdtest.User{{Name: "u", Password: "u-pw", Roles: []etcdtest.Role{{Name: "rb", Prefix: "/b/", Perm: etcdtest.PermRead}}}})
+	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
+	f := newFixture(t, testConfig(c, 1), watchcache.Options{})
+	return f, root, login(t, f.src, "u", "u-pw")
 }

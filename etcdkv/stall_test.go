@@ -135,15 +135,7 @@ func TestStalledStreamBlocksNoCaller(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f.src.muxMu.Lock()
-	var m *watchMux
-	for _, mm := range f.src.muxes {
-		m = mm
-	}
-	f.src.muxMu.Unlock()
-	if m == nil {
-		t.Fatal("no watch stream")
-	}
+	m := onlyStream(t, f.src)
 	m.mu.Lock()
 	var w *muxWatch
 	for _, ww := range m.watches {
@@ -175,17 +167,9 @@ func TestStalledStreamBlocksNoCaller(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatalf("%d progress requests and a cancel on a stalled stream still wait after %v", requests, waitFor)
 	}
-	deadline := time.Now().Add(waitFor)
-	for {
-		m.mu.Lock()
-		closed := m.closed
-		m.mu.Unlock()
-		if closed {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the stalled stream is still open after %v: keepalive should have closed its connection", waitFor)
-		}
-		time.Sleep(50 * time.Millisecond)
+	select {
+	case <-m.stream.Context().Done(): // its connection closed, or the stream failed
+	case <-time.After(waitFor):
+		t.Fatalf("the stalled stream is still open after %v: keepalive should have closed its connection", waitFor)
 	}
 }

@@ -23,27 +23,12 @@ func TestCertificateReload(t *testing.T) {
 		first, second := ca.Server("first"), ca.Server("second")
 		dir := t.TempDir()
 		certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-		stamp := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		var files renewedFiles
 		install := func(certPEM, keyPEM []byte) {
 			t.Helper()
-			stamp = stamp.Add(time.Minute) // a distinct modification time, whatever the file system's resolution
-			for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
-				if err := os.WriteFile(f, b, 0o600); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Chtimes(f, stamp, stamp); err != nil {
-					t.Fatal(err)
-				}
-			}
+			files.install(t, map[string][]byte{certFile: certPEM, keyFile: keyPEM})
 		}
-		read := func(f string) []byte {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
-		install(read(first.CertFile), read(first.KeyFile))
+		install(readFile(t, first.CertFile), readFile(t, first.KeyFile))
 		var logs syncBuffer
 		cfg, err := serverTLS(certFile, keyFile, "", slog.New(slog.NewTextHandler(&logs, nil)))
 		if err != nil {
@@ -66,7 +51,7 @@ func TestCertificateReload(t *testing.T) {
 		if got := served(); got != "first" {
 			t.Fatalf("serving %s, want first", got)
 		}
-		install(read(second.CertFile), read(second.KeyFile))
+		install(readFile(t, second.CertFile), readFile(t, second.KeyFile))
 		if got := served(); got != "first" {
 			t.Fatalf("serving %s before the next check, want first", got)
 		}
@@ -74,7 +59,7 @@ func TestCertificateReload(t *testing.T) {
 		if got := served(); got != "second" {
 			t.Fatalf("serving %s after the files changed, want second", got)
 		}
-		install(read(first.CertFile), []byte("half-written"))
+		install(readFile(t, first.CertFile), []byte("half-written"))
 		time.Sleep(certCheckInterval)
 		if got := served(); got != "second" {
 			t.Fatalf("serving %s with a broken key file, want the previous one (second)", got)
@@ -95,25 +80,12 @@ func TestClientCAReload(t *testing.T) {
 		oldCA, newCA := tlstest.NewCA(t, "old-ca"), tlstest.NewCA(t, "new-ca")
 		oldClient, newClient := oldCA.Client("alice"), newCA.Client("bob")
 		caFile := filepath.Join(t.TempDir(), "clients-ca.pem")
-		stamp := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		var files renewedFiles
 		install := func(pem []byte) {
 			t.Helper()
-			stamp = stamp.Add(time.Minute)
-			if err := os.WriteFile(caFile, pem, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chtimes(caFile, stamp, stamp); err != nil {
-				t.Fatal(err)
-			}
+			files.install(t, map[string][]byte{caFile: pem})
 		}
-		read := func(f string) []byte {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
-		install(read(oldCA.CertFile))
+		install(readFile(t, oldCA.CertFile))
 		var logs syncBuffer
 		cfg, err := serverTLS(server.CertFile, server.KeyFile, caFile, slog.New(slog.NewTextHandler(&logs, nil)))
 		if err != nil {
@@ -139,7 +111,7 @@ func TestClientCAReload(t *testing.T) {
 		if !admitted(oldClient) || admitted(newClient) {
 			t.Fatal("with the old CA: want alice (old CA) admitted and bob (new CA) refused")
 		}
-		install(read(newCA.CertFile))
+		install(readFile(t, newCA.CertFile))
 		if !admitted(oldClient) {
 			t.Fatal("alice refused before the next check")
 		}
@@ -156,4 +128,33 @@ func TestClientCAReload(t *testing.T) {
 			t.Fatalf("no warning about the broken CA file:\n%s", logs.String())
 		}
 	})
+}
+
+// renewedFiles writes files as a renewal does, each time with a later
+// modification time than the last, whatever the file system's resolution.
+type renewedFiles struct{ stamp time.Time }
+
+func (r *renewedFiles) install(t *testing.T, files map[string][]byte) {
+	t.Helper()
+	if r.stamp.IsZero() {
+		r.stamp = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	}
+	r.stamp = r.stamp.Add(time.Minute)
+	for f, b := range files {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(f, r.stamp, r.stamp); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func readFile(t *testing.T, f string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

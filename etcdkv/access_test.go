@@ -215,6 +215,7 @@ func TestLoginRaceWithPasswordChange(t *testing.T) {
 	}
 	f := newFixture(t, cfg, watchcache.Options{})
 	login(t, f.src, "u", "u-pw")
+	eventually(t, "first poll", func() bool { return f.src.auth.epoch.Load() > 0 })
 
 	armed.Store(true)
 	type res struct {
@@ -227,12 +228,13 @@ func TestLoginRaceWithPasswordChange(t *testing.T) {
 		oldLogin <- res{p, err}
 	}()
 	<-passed
+	epoch := f.src.auth.epoch.Load()
 	if _, err := root.UserChangePassword(testCtx(t), "u", "u-pw2"); err != nil {
 		t.Fatal(err)
 	}
 	pNew := login(t, f.src, "u", "u-pw2")
 	put(t, root, "/b/k", "after-change")
-	time.Sleep(1500 * time.Millisecond) // the auth poll saw the change
+	eventually(t, "the auth poll sees the change", func() bool { return f.src.auth.epoch.Load() != epoch })
 	if v, _, err := f.kinds.GetKey(testCtx(t), KeyRequest("/b/k", pNew)); err != nil || string(v.Entry.Value) != "after-change" {
 		t.Fatalf("new password: %q %v", v.Entry.Value, err)
 	}

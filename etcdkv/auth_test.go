@@ -172,12 +172,52 @@ func TestWrongPassword(t *testing.T) {
 		t.Fatalf("alice's partition after her credentials were rejected: %v, want ErrUnknownIdentity", err)
 	}
 	alice2 := login(t, f.src, "alice", "alice-pw2")
-	if alice2 != alice {
-		t.Fatalf("alice's partition changed with her password: %+v, was %+v", alice2, alice)
+	if alice2 == alice {
+		t.Fatalf("alice's partition stayed the same with a new password: %+v", alice2)
+	}
+	if _, _, err := f.kinds.Key.Get(testCtx(t), KeyRequest("/a/x", alice)); !errors.Is(err, ErrUnknownIdentity) {
+		t.Fatalf("alice's old partition after she logged in with the new password: %v, want ErrUnknownIdentity", err)
 	}
 	// A Get after the fatal error tries again, with the new client.
 	if v, _, err := f.kinds.Key.Get(testCtx(t), KeyRequest("/a/x", alice2)); err != nil || !v.Exists {
 		t.Fatalf("alice with the new password: %+v, %v", v, err)
+	}
+}
+
+// TestNewPasswordEndsOldSessions checks that a session opened with a
+// password ends when the password changes, even when the user logs in with
+// the new one before the source noticed the change and the session's entry
+// fetches again meanwhile: the entry never goes on with the new password's
+// credentials.
+func TestNewPasswordEndsOldSessions(t *testing.T) {
+	t.Parallel()
+	c := authCluster(t)
+	cfg := testConfig(c, 1)
+	cfg.LoginTTL = -1
+	f := newFixture(t, cfg, watchcache.Options{})
+	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
+
+	old := login(t, f.src, "alice", "alice-pw")
+	req := KeyRequest("/a/x", old)
+	req.Timeout = 20 * time.Millisecond // the entry's fetch ends often with nothing to confirm
+	ch := watch(t, f.kinds.Key, req)
+	if ev := next(t, ch); ev.Err != nil || keyValue(ev) != "/a/x" {
+		t.Fatalf("first event: %+v", ev)
+	}
+	if _, err := root.UserChangePassword(testCtx(t), "alice", "alice-pw2"); err != nil {
+		t.Fatal(err)
+	}
+	current := login(t, f.src, "alice", "alice-pw2")
+	ev := until(t, ch, "the end of the old session", func(ev watchcache.UpdateEvent[Key]) bool { return ev.Err != nil || keyValue(ev) != "/a/x" })
+	if !errors.Is(ev.Err, watchcache.ErrFatal) || !(errors.Is(ev.Err, ErrUnknownIdentity) || errors.Is(ev.Err, ErrAuthFailed)) {
+		t.Fatalf("old session after the password changed: %+v, want a fatal ErrUnknownIdentity or ErrAuthFailed", ev)
+	}
+	put(t, root, "/a/x", "after")
+	if v, _, err := f.kinds.Key.Get(testCtx(t), KeyRequest("/a/x", old)); err == nil || v.Exists {
+		t.Fatalf("Get with the old session's partition: %q, %v; want an error", keyValue(watchcache.UpdateEvent[Key]{Result: v}), err)
+	}
+	if v, _, err := f.kinds.Key.Get(testCtx(t), KeyRequest("/a/x", current)); err != nil || string(v.Entry.Value) != "after" {
+		t.Fatalf("Get with the new password: %q, %v", v.Entry.Value, err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"strconv"
 	"strings"
@@ -16,8 +17,30 @@ import (
 	"github.com/watchcache/watchcache"
 )
 
-// tokenPrefix starts the Partition.Token of identities issued by Login.
+// tokenPrefix starts the Partition.Token of identities issued by Login:
+// tokenPrefix, the password's fingerprint, ":", the user name.
 const tokenPrefix = "etcd-user:"
+
+// partitionOf is the Partition of user with the password of fingerprint fp.
+func partitionOf(user, fp string) watchcache.Partition {
+	return watchcache.Partition{Token: tokenPrefix + fp + ":" + user}
+}
+
+// parsePartition returns the user and fingerprint of a Partition.Token that
+// partitionOf made; ok is false for any other.
+func parsePartition(token string) (user, fp string, ok bool) {
+	rest, ok := strings.CutPrefix(token, tokenPrefix)
+	if !ok {
+		return "", "", false
+	}
+	fp, user, ok = strings.Cut(rest, ":")
+	return user, fp, ok && len(fp) == fingerprintLen
+}
+
+// fingerprintLen is the length of a password's fingerprint in a Partition:
+// 16 hex digits of its keyed hash, which tell passwords apart without
+// revealing them (the key is the source's own, random).
+const fingerprintLen = 16
 
 // identity is an etcd user as the source talks to etcd for it: its
 // credentials and its current token, over the source's one connection (see
@@ -28,6 +51,7 @@ type identity struct {
 	user     string
 	password string // renews the token; "" for an anonymous identity
 	hash     []byte // keyed hash of the password; nil for the own identity
+	fp       string // the hash's fingerprint in the identity's Partition
 
 	probe  revisionProbe // shared by every entry read with this identity
 	access accessChecker // batches the access checks of its entries
@@ -52,6 +76,12 @@ type identity struct {
 // when more than Config.MaxIdentities are held (least recently used
 // first).
 //
+// A Partition names the password too: when the password changes, a Login
+// with the new one returns another Partition, and the old one is refused
+// with ErrUnknownIdentity from then on, as are the entries made with it
+// (their watchers get a fatal error). Sessions opened with a password
+// never go on with another's credentials.
+//
 // A wrong password, an unknown user or an empty one fail with an error
 // wrapping ErrAuthFailed, and never reuse the identity (or the cached
 // data) of a Login that succeeded: passwords are compared as keyed hashes
@@ -71,7 +101,8 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 	}
 	hash := s.hashPassword(user, password)
 	now := time.Now() // before etcd is asked: a verification after it supersedes this one
-	p := watchcache.Partition{Token: tokenPrefix + user}
+	fp := hex.EncodeToString(hash[:fingerprintLen/2])
+	p := partitionOf(user, fp)
 
 	s.mu.Lock()
 	if s.closed {
@@ -133,11 +164,11 @@ func (s *Source) Login(ctx context.Context, user, password string) (watchcache.P
 			return watchcache.Partition{}, &etcdError{op: "login as " + strconv.Quote(user), class: ErrAuthFailed,
 				err: errors.New("another password was accepted since; try again")}
 		}
-		// The password changed: each entry moves to the new identity at
-		// its next fetch (see rangeFetcher.FetchAsync).
+		// The password changed: the old identity's Partition, and every
+		// entry made with it, are refused from now on.
 		s.revokeLocked(old)
 	}
-	id := &identity{s: s, user: user, password: password, hash: hash, token: resp.Token, verifiedAt: verified, lastUsed: verified}
+	id := &identity{s: s, user: user, password: password, hash: hash, fp: fp, token: resp.Token, verifiedAt: verified, lastUsed: verified}
 	s.pool[user] = id
 	id.lru = s.lru.PushFront(id)
 	s.trimPoolLocked()
@@ -172,7 +203,8 @@ func (s *Source) trimPoolLocked() {
 
 // acquire returns the identity of p for one use, which the caller ends
 // with release. It fails with ErrUnknownIdentity for a Partition that
-// Login did not issue or whose identity was dropped.
+// Login did not issue, whose identity was dropped, or whose password is no
+// longer the user's.
 func (s *Source) acquire(p watchcache.Partition) (*identity, error) {
 	if p.Datacenter != "" {
 		return nil, invalidf("partition datacenter %q: etcdkv serves one cluster and has no datacenters", p.Datacenter)
@@ -184,8 +216,8 @@ func (s *Source) acquire(p watchcache.Partition) (*identity, error) {
 	}
 	id := s.own
 	if p.Token != "" {
-		user, ok := strings.CutPrefix(p.Token, tokenPrefix)
-		if id = s.pool[user]; !ok || id == nil {
+		user, fp, ok := parsePartition(p.Token)
+		if id = s.pool[user]; !ok || id == nil || id.fp != fp {
 			return nil, ErrUnknownIdentity
 		}
 	}
@@ -216,7 +248,8 @@ func (s *Source) reacquire(id *identity) bool {
 }
 
 // stale reports whether id's credentials were revoked: entries using it
-// should move to the user's current identity.
+// read again, with the identity their Partition names now, if any (the
+// same password, verified again).
 func (s *Source) stale(id *identity) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -253,8 +286,9 @@ func (s *Source) unpoolLocked(id *identity) {
 }
 
 // revokeLocked takes id out of the pool for good: entries that use it
-// move at their next fetch to the user's current identity, or fail with
-// ErrUnknownIdentity until the user logs in again.
+// fail with ErrUnknownIdentity at their next fetch, unless the same
+// password was verified again meanwhile (a new identity with the same
+// Partition).
 func (s *Source) revokeLocked(id *identity) {
 	s.unpoolLocked(id)
 	id.revoked = true

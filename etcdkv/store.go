@@ -167,7 +167,7 @@ func (s *Store) Describe() string {
 // Who implements kvstore.Store: the etcd user, or "self" for the source's
 // own identity.
 func (s *Store) Who(p watchcache.Partition) string {
-	if user, ok := strings.CutPrefix(p.Token, tokenPrefix); ok {
+	if user, _, ok := parsePartition(p.Token); ok {
 		return user
 	}
 	return "self"

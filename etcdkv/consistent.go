@@ -118,7 +118,12 @@ func consistentRead[V any](ctx context.Context, s *Source, kind *watchcache.Kind
 	if err != nil {
 		return zero, watchcache.ResultMeta{}, err
 	}
-	var deadline <-chan time.Time // set on the first wait: most reads find the entry caught up
+	// Set on the first wait (most reads find the entry caught up): the
+	// wait for the entry, whatever it waits on, ends at until.
+	var (
+		until    time.Time
+		deadline <-chan time.Time
+	)
 	for {
 		view, _ := s.views.Load(viewKey{req.Partition, sp})
 		sv, _ := view.(*stateView)
@@ -127,15 +132,22 @@ func consistentRead[V any](ctx context.Context, s *Source, kind *watchcache.Kind
 		}
 		seen := sv.rev.Load() // before the index: see set
 		index := sv.index.Load()
-		switch {
-		case seen >= rev && index == meta.Index:
+		if seen >= rev && index == meta.Index {
 			meta.Hit = false // it took a round trip to etcd
 			s.consistentCached.Add(1)
 			return v, meta, nil
-		case seen >= rev:
+		}
+		if until.IsZero() {
+			until = time.Now().Add(s.cfg.ConsistentWait)
+		}
+		left := time.Until(until)
+		if left <= 0 {
+			break
+		}
+		if seen >= rev {
 			// The entry saw a change that it has not published yet.
 			r := req
-			r.MinIndex, r.Timeout = meta.Index, s.cfg.ConsistentWait
+			r.MinIndex, r.Timeout = meta.Index, left
 			if v, meta, err = kind.Get(ctx, r); err != nil {
 				return zero, watchcache.ResultMeta{}, err
 			}
@@ -147,7 +159,7 @@ func consistentRead[V any](ctx context.Context, s *Source, kind *watchcache.Kind
 		}
 		s.requestProgress(ctx, sv)
 		if deadline == nil {
-			t := time.NewTimer(s.cfg.ConsistentWait)
+			t := time.NewTimer(left)
 			defer t.Stop()
 			deadline = t.C
 		}

@@ -1,6 +1,8 @@
 package etcdkv
 
 import (
+	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -87,4 +89,57 @@ func TestConsistentReadsSeeAcknowledgedWrites(t *testing.T) {
 	if direct > cached/10 {
 		t.Fatalf("%d of %d consistent reads went to etcd: the cache should serve them", direct, cached+direct)
 	}
+}
+
+// After a re-read of an entry failed (its watch stream ended and etcd
+// failed the reads that followed), the entry keeps the view that consistent
+// reads wait on: once it recovers, they are served from the cache again,
+// not read from etcd one by one for as long as the entry lives.
+func TestConsistentReadAfterFailedReread(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	put(t, cli, "/f/k", "v1")
+	src, err := New(testConfig(c, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failReads atomic.Bool
+	var failed atomic.Int64
+	src.testHookRead = func(sp spec) error {
+		if failReads.Load() {
+			failed.Add(1)
+			return fmt.Errorf("test: etcd failed the read of %s", sp.describe())
+		}
+		return nil
+	}
+	f := fixtureFor(t, src)
+	ctx := testCtx(t)
+	consistent := func(want string) {
+		t.Helper()
+		cached, direct := src.consistentCached.Load(), src.consistentDirect.Load()
+		v, _, err := f.kinds.ReadKey(ctx, KeyRequest("/f/k", self))
+		if err != nil || keyOf(v) != want {
+			t.Fatalf("ReadKey = %q, %v; want %q", keyOf(v), err, want)
+		}
+		if src.consistentCached.Load() != cached+1 || src.consistentDirect.Load() != direct {
+			t.Fatalf("the consistent read was not served from the cache (%d read from etcd so far)", src.consistentDirect.Load())
+		}
+	}
+	ch := watch(t, f.kinds.Key, KeyRequest("/f/k", self))
+	if ev := next(t, ch); keyValue(ev) != "v1" {
+		t.Fatalf("first event: %+v", ev)
+	}
+	consistent("v1")
+
+	// The stream ends: the entry reads its range again, and fails; then
+	// the entry's next fetches read it again through new states, and fail.
+	failReads.Store(true)
+	onlyStream(t, src).fail(errors.New("test: stream lost"))
+	until(t, ch, "the failure", func(ev watchcache.UpdateEvent[Key]) bool { return ev.Err != nil })
+	eventually(t, "re-reads through new states fail", func() bool { return failed.Load() >= 3 })
+	put(t, cli, "/f/k", "v2")
+	failReads.Store(false)
+	until(t, ch, "the recovery", func(ev watchcache.UpdateEvent[Key]) bool { return ev.Err == nil && keyValue(ev) == "v2" })
+	consistent("v2")
 }

@@ -235,6 +235,9 @@ type Source struct {
 	// testHookAfterWatch, if set (by tests only), runs once an entry's
 	// watch was created.
 	testHookAfterWatch func(sp spec)
+	// testHookRead, if set (by tests only), runs before a range is read;
+	// an error it returns fails the read.
+	testHookRead func(sp spec) error
 	// testHookAfterCheck, if set (by tests only), runs when etcd answered
 	// an access check, before the requests it served hear of it.
 	testHookAfterCheck func()

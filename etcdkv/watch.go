@@ -84,8 +84,8 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 		st.epoch = prev.epoch
 		prev.mu.Unlock()
 		st.view = prev.view
-	}
-	if st.view == nil {
+		s.views.Store(viewKey{p, sp}, st.view) // it stays the entry's view
+	} else {
 		v, _ := s.views.LoadOrStore(viewKey{p, sp}, newStateView())
 		st.view = v.(*stateView)
 	}
@@ -94,10 +94,30 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 	st.view.mu.Unlock()
 	res, err := st.resync(ctx, false)
 	if err != nil {
+		if prev != nil {
+			prev.takeViewBack(st)
+		}
 		st.Close()
 		return nil, watchcache.FetchResult[V]{}, err
 	}
 	return st, res, nil
+}
+
+// takeViewBack makes st, which stays the entry's state, the owner of its
+// view again after the state that was to replace it (failed) took it over.
+func (st *watchState[V]) takeViewBack(failed *watchState[V]) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	v := st.view
+	v.mu.Lock()
+	if v.owner != failed {
+		v.mu.Unlock()
+		return
+	}
+	v.owner = st
+	v.mu.Unlock()
+	// What the failed state's read saw was never published.
+	v.set(st.rev, st.index)
 }
 
 // resultLocked is the state's value as a fetch returns it.
@@ -416,6 +436,11 @@ func (st *watchState[V]) checkRevision(ctx context.Context, since time.Time) (in
 // read reads sp's range (linearizably) with id's client, and returns its
 // keys sorted and the store's revision.
 func (s *Source) read(ctx context.Context, id *identity, sp spec) ([]Entry, int64, error) {
+	if h := s.testHookRead; h != nil {
+		if err := h(sp); err != nil {
+			return nil, 0, err
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := s.conn.Get(id.ctx(ctx), sp.start(), sp.readOpts()...)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -38,8 +39,8 @@ import (
 // it never is, each answer belongs to the one create out, and the watch
 // takes the ID the answer gives. The source's IDs start at watchIDBase,
 // far from the proxy's, so an answer never looks verified by chance.
-// (Behind the proxy a create's request timeout runs while it waits its
-// turn, so a large burst of creates sees some time out and retry.)
+// (Behind the proxy a create's request timeout starts when it is sent,
+// and a stream whose one create out gets no answer in time is ended.)
 // Cancelling forgets the ID at once, so late responses for it are
 // dropped, and tells etcd; a watch cancelled before etcd answered its
 // create is cancelled when the answer comes. As a second guard, an
@@ -75,7 +76,7 @@ type watchMux struct {
 	// deferred holds creates not queued yet: until etcd answered one
 	// create with the ID the source chose (verified), a stream has one
 	// create out at a time (see the notes above).
-	deferred []*muxWatch
+	deferred []deferredCreate
 	verified bool
 	nextID   int64 // the next ID to choose
 	// queue holds the requests to send, in order. One goroutine sends
@@ -95,6 +96,13 @@ type watchMux struct {
 	// predates it.
 	progressSent int64
 	progressRecv int64
+}
+
+// deferredCreate is a create waiting its turn; sent is closed when it is
+// queued.
+type deferredCreate struct {
+	w    *muxWatch
+	sent chan struct{}
 }
 
 // muxWatch is one watch on a stream.
@@ -140,33 +148,81 @@ var (
 // waits (within ctx) until etcd confirmed it. registered is called with the
 // watch before its create is sent, so the sink knows it before any
 // response can come.
+//
+// Opening a stream and etcd's answer to the create are each bounded by
+// RequestTimeout; a create deferred behind another (see the notes above)
+// starts its timeout when it is queued, not while it waits its turn. A
+// stream that has one create out at a time and gets no answer to it within
+// the timeout is ended: every create behind it would wait for good.
 func (s *Source) watch(ctx context.Context, id *identity, sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
 	for range 3 {
-		m, err := s.muxFor(ctx, id)
+		octx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		m, err := s.muxFor(octx, id)
+		cancel()
 		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				err = errCreateTimeout
+			}
 			return nil, err
 		}
-		w, err := m.create(sp, from, sink, registered)
+		w, sent, err := m.create(sp, from, sink, registered)
 		if errors.Is(err, errMuxClosed) {
 			continue // closed between muxFor and create: open another
 		}
 		if err != nil {
 			return nil, err
 		}
-		select {
-		case err := <-w.created:
-			if err != nil {
-				return nil, err
-			}
-			w.created = nil // answered: the only send is done; a watch is kept for long
-			return w, nil
-		case <-ctx.Done():
-			w.cancelWatch()
-			return nil, ctx.Err()
+		if err := s.awaitCreated(ctx, w, sent); err != nil {
+			return nil, err
 		}
+		return w, nil
 	}
 	return nil, errMuxClosed
 }
+
+// awaitCreated waits for etcd's answer to w's create, for RequestTimeout
+// from when it is queued (sent closes then, if it was deferred).
+func (s *Source) awaitCreated(ctx context.Context, w *muxWatch, sent <-chan struct{}) error {
+	d := s.cfg.RequestTimeout
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	timeout := timer.C
+	if sent != nil {
+		timeout = nil // from when it is queued
+	}
+	for {
+		select {
+		case err := <-w.created:
+			if err != nil {
+				return err
+			}
+			w.created = nil // answered: the only send is done; a watch is kept for long
+			return nil
+		case <-sent:
+			sent = nil
+			timer.Reset(d)
+			timeout = timer.C
+		case <-timeout:
+			w.cancelWatch()
+			m := w.m
+			m.mu.Lock()
+			stuck := !m.verified && !m.closed
+			m.mu.Unlock()
+			if stuck {
+				// The creates deferred behind it would wait for good.
+				m.fail(fmt.Errorf("no answer to a watch create within %v", d))
+			}
+			return errCreateTimeout
+		case <-ctx.Done():
+			w.cancelWatch()
+			return ctx.Err()
+		}
+	}
+}
+
+// errCreateTimeout is a watch that etcd did not confirm within the
+// request timeout.
+var errCreateTimeout = fmt.Errorf("etcdkv: watch not confirmed in time: %w", context.DeadlineExceeded)
 
 // muxFor returns the open stream of id's current token, opening one if
 // needed.
@@ -211,14 +267,15 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 	return m, nil
 }
 
-// create queues the create request of a watch (or defers it, see the
-// notes above). A cancel while registered runs (the entry's state
-// closing) keeps its create from being queued.
-func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
+// create queues the create request of a watch, or defers it (see the
+// notes above) and returns a channel closed when it is queued. A cancel
+// while registered runs (the entry's state closing) keeps its create from
+// being queued.
+func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, <-chan struct{}, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return nil, errMuxClosed
+		return nil, nil, errMuxClosed
 	}
 	w := &muxWatch{m: m, sink: sink, created: make(chan error, 1)}
 	m.mu.Unlock()
@@ -232,10 +289,10 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 	case w.cancelled:
 		m.mu.Unlock()
 		m.closeIfIdle() // it may have been a new stream's only watch
-		return nil, errWatchCancelled
+		return nil, nil, errWatchCancelled
 	case m.closed:
 		m.mu.Unlock()
-		return nil, errMuxClosed
+		return nil, nil, errMuxClosed
 	}
 	if m.nextID == 0 {
 		m.nextID = watchIDBase
@@ -246,8 +303,10 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 	w.req = &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}}
 	w.queued = true
 	var start bool
+	var sent chan struct{}
 	if !m.verified && len(m.creating) > 0 {
-		m.deferred = append(m.deferred, w)
+		sent = make(chan struct{})
+		m.deferred = append(m.deferred, deferredCreate{w, sent})
 	} else {
 		start = m.sendCreateLocked(w)
 	}
@@ -255,7 +314,7 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 	if start {
 		m.startSending()
 	}
-	return w, nil
+	return w, sent, nil
 }
 
 // sendCreateLocked queues w's create, in the order of m.creating, which
@@ -275,14 +334,15 @@ func (m *watchMux) sendCreateLocked(w *muxWatch) bool {
 // answer once it released m.mu, and whether to start the sender.
 func (m *watchMux) nextCreatesLocked() (cancelled []*muxWatch, start bool) {
 	for len(m.deferred) > 0 && (m.verified || len(m.creating) == 0) {
-		w := m.deferred[0]
-		m.deferred[0] = nil
+		d := m.deferred[0]
+		m.deferred[0] = deferredCreate{}
 		m.deferred = m.deferred[1:]
-		if w.cancelled {
-			cancelled = append(cancelled, w)
+		if d.w.cancelled {
+			cancelled = append(cancelled, d.w)
 			continue
 		}
-		start = m.sendCreateLocked(w) || start
+		start = m.sendCreateLocked(d.w) || start
+		close(d.sent)
 	}
 	if len(m.deferred) == 0 {
 		m.deferred = nil
@@ -461,7 +521,10 @@ func (m *watchMux) fail(err error) {
 	if s.muxes[m.key] == m {
 		delete(s.muxes, m.key)
 	}
-	creating := append(m.creating, m.deferred...)
+	creating := m.creating
+	for _, d := range m.deferred {
+		creating = append(creating, d.w)
+	}
 	watches := m.watches
 	m.creating, m.deferred, m.watches = nil, nil, map[int64]*muxWatch{}
 	for _, w := range creating {

@@ -154,7 +154,7 @@ func TestWatchCancelledWhileCreated(t *testing.T) {
 	m := onlyStream(t, f.src)
 	sp, _ := parseKeyKey("/cw/b")
 	var cancelled *muxWatch
-	_, err := m.create(sp, 0, nopSink{}, func(w *muxWatch) {
+	_, _, err := m.create(sp, 0, nopSink{}, func(w *muxWatch) {
 		cancelled = w
 		w.cancelWatch() // as the state's Close, between registering and queueing
 	})
@@ -194,7 +194,7 @@ func TestOnlyWatchCancelledWhileCreatedClosesStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	sp, _ := parseKeyKey("/only")
-	if _, err := m.create(sp, 0, nopSink{}, func(w *muxWatch) { w.cancelWatch() }); !errors.Is(err, errWatchCancelled) {
+	if _, _, err := m.create(sp, 0, nopSink{}, func(w *muxWatch) { w.cancelWatch() }); !errors.Is(err, errWatchCancelled) {
 		t.Fatalf("create = %v, want errWatchCancelled", err)
 	}
 	if streams, _ := streamCounts(f.src); streams != 0 {

@@ -1,10 +1,13 @@
 package etcdkv
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -211,6 +214,113 @@ func TestManyWatchesThroughGRPCProxy(t *testing.T) {
 				t.Fatalf("the entry of %s got %s", key(i), ev.Result.Entry.Key)
 			}
 			return ev.Err == nil && string(ev.Result.Entry.Value) == "v1"
+		})
+	}
+}
+
+// createdAnswers is a stream interceptor for the source's client that
+// hands each watch create answer to alter, which may delay it or drop it
+// (return false), as a slow or lossy proxy would.
+func createdAnswers(alter func(*pb.WatchResponse) bool) grpc.DialOption {
+	return grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil || method != "/etcdserverpb.Watch/Watch" {
+			return cs, err
+		}
+		return &alteredStream{ClientStream: cs, alter: alter}, nil
+	})
+}
+
+type alteredStream struct {
+	grpc.ClientStream
+	alter func(*pb.WatchResponse) bool
+}
+
+func (s *alteredStream) RecvMsg(m any) error {
+	for {
+		if err := s.ClientStream.RecvMsg(m); err != nil {
+			return err
+		}
+		if r, ok := m.(*pb.WatchResponse); !ok || !r.Created || s.alter(r) {
+			return nil
+		}
+	}
+}
+
+// A stream whose one create out is never answered (a proxy lost the
+// answer) is ended when the create's timeout passes: the watches deferred
+// behind it are made on a new stream. Before, they waited behind it, and
+// every retry of their entries came back to the same stream.
+func TestUnansweredCreateEndsStream(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	put(t, cli, "/u/a", "a0")
+	put(t, cli, "/u/b", "b0")
+	cfg := testConfig(c, 1)
+	cfg.RequestTimeout = 300 * time.Millisecond
+	var lost atomic.Bool
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
+			return !lost.CompareAndSwap(false, true) // the first answer is lost
+		}))
+	}
+	f := newFixture(t, cfg, watchcache.Options{})
+	chs := map[string]<-chan watchcache.UpdateEvent[Key]{
+		"/u/a": watch(t, f.kinds.Key, KeyRequest("/u/a", self)),
+		"/u/b": watch(t, f.kinds.Key, KeyRequest("/u/b", self)),
+	}
+	put(t, cli, "/u/a", "a1")
+	put(t, cli, "/u/b", "b1")
+	for key, ch := range chs {
+		want := strings.TrimPrefix(key, "/u/") + "1"
+		until(t, ch, key+"="+want, func(ev watchcache.UpdateEvent[Key]) bool {
+			return ev.Err == nil && keyValue(ev) == want
+		})
+	}
+	if !lost.Load() {
+		t.Fatal("no create answer was lost")
+	}
+}
+
+// Behind the proxy a stream has one create out at a time; a create's
+// timeout starts when it is sent, not while it waits its turn. Here each
+// answer takes 60 ms and 12 watches are made at once: the last is sent
+// 660 ms after the first, past the 300 ms timeout, and still none fails.
+func TestDeferredCreatesTimeOutFromTheirSend(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	const n = 12
+	key := func(i int) string { return fmt.Sprintf("/d%02d/k", i) }
+	for i := range n {
+		put(t, cli, key(i), "v0")
+	}
+	cfg := testConfig(c, 1)
+	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
+	cfg.RequestTimeout = 300 * time.Millisecond
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
+			time.Sleep(60 * time.Millisecond) // a slow proxy: what the test is about
+			return true
+		}))
+	}
+	f := newFixture(t, cfg, watchcache.Options{})
+	chs := make([]<-chan watchcache.UpdateEvent[Key], n)
+	for i := range n {
+		chs[i] = watch(t, f.kinds.Key, KeyRequest(key(i), self))
+	}
+	for i := range n {
+		put(t, cli, key(i), "v1")
+	}
+	for i, ch := range chs {
+		until(t, ch, key(i)+"=v1", func(ev watchcache.UpdateEvent[Key]) bool {
+			if ev.Err != nil {
+				t.Fatalf("the entry of %s failed: %v", key(i), ev.Err)
+			}
+			return string(ev.Result.Entry.Value) == "v1"
 		})
 	}
 }

@@ -289,13 +289,11 @@ func (st *watchState[V]) startWatch(ctx context.Context, from int64) error {
 		h(st.sp, from)
 	}
 	for attempt := 0; ; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, st.s.cfg.RequestTimeout)
-		w, err := st.s.watch(rctx, st.id, st.sp, from, st, func(w *muxWatch) {
+		w, err := st.s.watch(ctx, st.id, st.sp, from, st, func(w *muxWatch) {
 			st.mu.Lock()
 			st.w, st.watchErr = w, nil // before etcd can answer: no event is dropped
 			st.mu.Unlock()
 		})
-		cancel()
 		if err == nil {
 			st.mu.Lock()
 			closed := st.closed

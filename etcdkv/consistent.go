@@ -22,7 +22,9 @@ import (
 // watch has delivered everything up to R (an idle watch is asked for a
 // progress notification, which reports its revision), and answers from the
 // cache. An entry that cannot catch up within ConsistentWait (its watch
-// is down, the entry is failing) is read through from etcd instead.
+// is down, the entry is failing) is read through from etcd instead, as is
+// one whose stream ignores progress requests (behind etcd's gRPC proxy)
+// at once.
 
 // stateView is what consistent reads see of an entry's state: written by
 // the entry's fetches, read by anyone. One view serves an entry across the
@@ -82,22 +84,26 @@ const DefaultConsistentWait = time.Second
 // requestProgress asks etcd, on the stream of v's watch, for a progress
 // notification: etcd answers every watch of the stream with its current
 // revision once they are synced. Readers waiting on one view share one
-// request until the view moves.
-func (s *Source) requestProgress(ctx context.Context, v *stateView) {
-	if !v.progressing.CompareAndSwap(false, true) {
-		return
-	}
+// request until the view moves. It reports false when the stream ignores
+// progress requests (etcd's gRPC proxy does): waiting is for nothing.
+func (s *Source) requestProgress(v *stateView) bool {
 	v.mu.Lock()
 	m := v.mux
 	v.mu.Unlock()
 	if m == nil {
-		v.progressing.Store(false)
-		return
+		return true // the watch is being made again: its read moves the view
+	}
+	if m.ignoresProgress() {
+		return false
+	}
+	if !v.progressing.CompareAndSwap(false, true) {
+		return true
 	}
 	if err := m.requestProgress(); err != nil {
 		v.progressing.Store(false)
 		s.log.Debug("etcdkv: asking a watch for its progress", "error", err)
 	}
+	return true
 }
 
 // consistentRead serves a consistent read of sp for req from the cache
@@ -157,7 +163,9 @@ func consistentRead[V any](ctx context.Context, s *Source, kind *watchcache.Kind
 		if sv.rev.Load() != seen || sv.index.Load() != index {
 			continue // it moved before changed: moved may never close
 		}
-		s.requestProgress(ctx, sv)
+		if !s.requestProgress(sv) {
+			break // no report will come: read etcd now
+		}
 		if deadline == nil {
 			t := time.NewTimer(left)
 			defer t.Stop()

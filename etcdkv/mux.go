@@ -40,7 +40,9 @@ import (
 // takes the ID the answer gives. The source's IDs start at watchIDBase,
 // far from the proxy's, so an answer never looks verified by chance.
 // (Behind the proxy a create's request timeout starts when it is sent,
-// and a stream whose one create out gets no answer in time is ended.)
+// and a stream whose one create out gets no answer in time is ended. The
+// proxy also drops progress requests: consistent reads do not wait for
+// reports on a stream that was never verified.)
 // Cancelling forgets the ID at once, so late responses for it are
 // dropped, and tells etcd; a watch cancelled before etcd answered its
 // create is cancelled when the answer comes. As a second guard, an
@@ -78,6 +80,7 @@ type watchMux struct {
 	// create out at a time (see the notes above).
 	deferred []deferredCreate
 	verified bool
+	answered bool  // etcd created a watch (with the chosen ID or not)
 	nextID   int64 // the next ID to choose
 	// queue holds the requests to send, in order. One goroutine sends
 	// them (gRPC allows one sender at a time), and runs only while the
@@ -420,9 +423,11 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 			return
 		case w.cancelled: // by the source, while etcd created it
 			m.verified = m.verified || resp.WatchId == w.id
+			m.answered = true
 			err = errWatchCancelled
 		default:
 			m.verified = m.verified || resp.WatchId == w.id
+			m.answered = true
 			w.id, w.live = resp.WatchId, true
 			m.watches[w.id] = w
 		}

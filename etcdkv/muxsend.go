@@ -16,6 +16,15 @@ func (m *watchMux) requestProgress() error {
 	return m.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}})
 }
 
+// ignoresProgress reports whether the stream is known to ignore progress
+// requests: etcd answered a create with an ID of its own (etcd's gRPC
+// proxy, which numbers watches itself, drops progress requests too).
+func (m *watchMux) ignoresProgress() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.answered && !m.verified
+}
+
 // send queues req, unless the stream is closed.
 func (m *watchMux) send(req *pb.WatchRequest) error {
 	m.mu.Lock()

@@ -324,3 +324,31 @@ func TestDeferredCreatesTimeOutFromTheirSend(t *testing.T) {
 		})
 	}
 }
+
+// etcd's gRPC proxy drops progress requests, so an idle entry behind it
+// never learns that the store moved on: a consistent read of it reads
+// etcd at once rather than waiting ConsistentWait for a report that never
+// comes.
+func TestConsistentReadThroughGRPCProxy(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	put(t, cli, "/p/k", "v1")
+	cfg := testConfig(c, 1)
+	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
+	cfg.ConsistentWait = time.Minute
+	f := newFixture(t, cfg, watchcache.Options{})
+	if k, _ := getKey(t, f, KeyRequest("/p/k", self)); keyOf(k) != "v1" {
+		t.Fatalf("GetKey = %q", keyOf(k))
+	}
+	put(t, cli, "/p/other", "x") // the store moves on; the entry's range does not
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	k, _, err := f.kinds.ReadKey(ctx, KeyRequest("/p/k", self))
+	if err != nil || keyOf(k) != "v1" {
+		t.Fatalf("consistent read behind the proxy = %q, %v", keyOf(k), err)
+	}
+	if f.src.consistentDirect.Load() != 1 {
+		t.Fatalf("consistent reads from etcd = %d, want 1", f.src.consistentDirect.Load())
+	}
+}

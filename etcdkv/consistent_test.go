@@ -143,3 +143,43 @@ func TestConsistentReadAfterFailedReread(t *testing.T) {
 	until(t, ch, "the recovery", func(ev watchcache.UpdateEvent[Key]) bool { return ev.Err == nil && keyValue(ev) == "v2" })
 	consistent("v2")
 }
+
+// When a re-read that failed had seen a lower revision than the state it
+// was to replace (the store was restored), the view is forgotten rather
+// than handed back: the state's value belongs to the old history, and a
+// consistent read must not find it caught up. Otherwise the view goes back
+// to the state, showing what the state published.
+func TestTakeViewBack(t *testing.T) {
+	t.Parallel()
+	_, f, _ := start(t)
+	sp, _ := parseKeyKey("/tv")
+	key := viewKey{self, sp}
+	for _, tc := range []struct {
+		name     string
+		failedAt int64 // the revision the failed read saw
+		kept     bool
+	}{
+		{"failed read ahead", 12, true},
+		{"store restored", 5, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newStateView()
+			st := &watchState[Key]{s: f.src, sp: sp, p: self, rev: 10, index: 9, view: v}
+			failed := &watchState[Key]{s: f.src, sp: sp, p: self, view: v}
+			v.owner = failed
+			v.set(tc.failedAt, 11)
+			f.src.views.Store(key, v)
+			st.takeViewBack(failed)
+			got, ok := f.src.views.Load(key)
+			switch {
+			case ok != tc.kept || (ok && got != v):
+				t.Fatalf("view registered: %v, want %v", ok, tc.kept)
+			case v.owner != st:
+				t.Fatalf("view owner %p, want the state %p", v.owner, st)
+			case tc.kept && (v.rev.Load() != 10 || v.index.Load() != 9):
+				t.Fatalf("view at revision %d index %d, want the state's 10, 9", v.rev.Load(), v.index.Load())
+			}
+			f.src.views.Delete(key)
+		})
+	}
+}

@@ -78,8 +78,9 @@
 // that user was verified with. Login verifies a user's password with etcd
 // and returns that Partition; after a password change, a Login with the new
 // password returns another, and the old one and its entries are refused
-// (ErrUnknownIdentity), so a session opened with the old password ends even
-// if the user logs in again with the new one. Every
+// (ErrUnknownIdentity, or ErrAuthFailed if etcd rejected the old password
+// first), so a session opened with the old password ends even if the user
+// logs in again with the new one. Every
 // identity's requests share the source's one connection to etcd, each
 // carrying its user's token (etcd authenticates requests, not
 // connections), so an identity costs its credentials and token; a token

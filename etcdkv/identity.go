@@ -79,8 +79,9 @@ type identity struct {
 // A Partition names the password too: when the password changes, a Login
 // with the new one returns another Partition, and the old one is refused
 // with ErrUnknownIdentity from then on, as are the entries made with it
-// (their watchers get a fatal error). Sessions opened with a password
-// never go on with another's credentials.
+// (their watchers get a fatal ErrUnknownIdentity, or ErrAuthFailed if etcd
+// rejected the old password first). Sessions opened with a password never
+// go on with another's credentials.
 //
 // A wrong password, an unknown user or an empty one fail with an error
 // wrapping ErrAuthFailed, and never reuse the identity (or the cached

@@ -40,7 +40,8 @@ import (
 // takes the ID the answer gives. The source's IDs start at watchIDBase,
 // far from the proxy's, so an answer never looks verified by chance.
 // (Behind the proxy a create's request timeout starts when it is sent,
-// and a stream whose one create out gets no answer in time is ended. The
+// and a stream whose one create out gets no answer in time drains: it
+// takes no more watches, and the creates behind it go on another. The
 // proxy also drops progress requests: consistent reads do not wait for
 // reports on a stream that was never verified.)
 // Cancelling forgets the ID at once, so late responses for it are
@@ -80,8 +81,14 @@ type watchMux struct {
 	// create out at a time (see the notes above).
 	deferred []deferredCreate
 	verified bool
-	answered bool  // etcd created a watch (with the chosen ID or not)
-	nextID   int64 // the next ID to choose
+	answered bool // etcd created a watch (with the chosen ID or not)
+	// headTimer ends the wait for the answer to the one create out of a
+	// stream not verified (see headTimedOut); draining is set once it
+	// did: the stream takes no more watches, and closes when its last
+	// watch is cancelled.
+	headTimer *time.Timer
+	draining  bool
+	nextID    int64 // the next ID to choose
 	// queue holds the requests to send, in order. One goroutine sends
 	// them (gRPC allows one sender at a time), and runs only while the
 	// queue is not empty: no one who creates, cancels or asks for
@@ -154,9 +161,9 @@ var (
 //
 // Opening a stream and etcd's answer to the create are each bounded by
 // RequestTimeout; a create deferred behind another (see the notes above)
-// starts its timeout when it is queued, not while it waits its turn. A
-// stream that has one create out at a time and gets no answer to it within
-// the timeout is ended: every create behind it would wait for good.
+// starts its timeout when it is queued, not while it waits its turn, and
+// goes on another stream if the one ahead of it is never answered
+// (headTimedOut).
 func (s *Source) watch(ctx context.Context, id *identity, sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, error) {
 	for range 3 {
 		octx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
@@ -169,13 +176,13 @@ func (s *Source) watch(ctx context.Context, id *identity, sp spec, from int64, s
 			return nil, err
 		}
 		w, sent, err := m.create(sp, from, sink, registered)
+		if err == nil {
+			err = s.awaitCreated(ctx, w, sent)
+		}
 		if errors.Is(err, errMuxClosed) {
-			continue // closed between muxFor and create: open another
+			continue // closed, or draining, before the create was sent: use another
 		}
 		if err != nil {
-			return nil, err
-		}
-		if err := s.awaitCreated(ctx, w, sent); err != nil {
 			return nil, err
 		}
 		return w, nil
@@ -207,14 +214,6 @@ func (s *Source) awaitCreated(ctx context.Context, w *muxWatch, sent <-chan stru
 			timeout = timer.C
 		case <-timeout:
 			w.cancelWatch()
-			m := w.m
-			m.mu.Lock()
-			stuck := !m.verified && !m.closed
-			m.mu.Unlock()
-			if stuck {
-				// The creates deferred behind it would wait for good.
-				m.fail(fmt.Errorf("no answer to a watch create within %v", d))
-			}
 			return errCreateTimeout
 		case <-ctx.Done():
 			w.cancelWatch()
@@ -276,7 +275,7 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 // being queued.
 func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*muxWatch)) (*muxWatch, <-chan struct{}, error) {
 	m.mu.Lock()
-	if m.closed {
+	if m.closed || m.draining {
 		m.mu.Unlock()
 		return nil, nil, errMuxClosed
 	}
@@ -293,7 +292,7 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 		m.mu.Unlock()
 		m.closeIfIdle() // it may have been a new stream's only watch
 		return nil, nil, errWatchCancelled
-	case m.closed:
+	case m.closed || m.draining:
 		m.mu.Unlock()
 		return nil, nil, errMuxClosed
 	}
@@ -326,6 +325,9 @@ func (m *watchMux) create(sp spec, from int64, sink watchSink, registered func(*
 func (m *watchMux) sendCreateLocked(w *muxWatch) bool {
 	w.progressBase = m.progressSent
 	m.creating = append(m.creating, w)
+	if !m.verified {
+		m.headTimer = time.AfterFunc(m.s.cfg.RequestTimeout, func() { m.headTimedOut(w) })
+	}
 	req := w.req
 	w.req = nil
 	return m.enqueueLocked(req)
@@ -351,6 +353,40 @@ func (m *watchMux) nextCreatesLocked() (cancelled []*muxWatch, start bool) {
 		m.deferred = nil
 	}
 	return cancelled, start
+}
+
+// headTimedOut is called when the create w, the one out on a stream that
+// is not verified, got no answer within the request timeout (its waiter
+// may have left). The creates deferred behind it would wait for good: the
+// stream drains. It takes no more watches (it leaves Source.muxes, and
+// the deferred creates go on another stream), keeps its live watches, and
+// closes with the last of them. A late answer to w is dropped.
+func (m *watchMux) headTimedOut(w *muxWatch) {
+	s := m.s
+	s.muxMu.Lock()
+	m.mu.Lock()
+	if m.closed || m.draining || len(m.creating) == 0 || m.creating[0] != w {
+		m.mu.Unlock()
+		s.muxMu.Unlock()
+		return // answered, or the stream ended, meanwhile
+	}
+	m.draining = true
+	if s.muxes[m.key] == m {
+		delete(s.muxes, m.key)
+	}
+	w.cancelled = true
+	m.creating, m.headTimer = nil, nil
+	deferred := m.deferred
+	m.deferred = nil
+	m.mu.Unlock()
+	s.muxMu.Unlock()
+	s.log.Warn("etcdkv: no answer to a watch create within the request timeout; its stream takes no more watches",
+		"timeout", s.cfg.RequestTimeout, "deferred", len(deferred))
+	w.created <- errCreateTimeout
+	for _, d := range deferred {
+		d.w.created <- fmt.Errorf("etcdkv: watch stream draining: %w", errMuxClosed)
+	}
+	m.closeIfIdle()
 }
 
 // cancelWatch ends w: its responses are dropped from now on. A live watch
@@ -405,6 +441,10 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 		w := m.creating[0]
 		m.creating[0] = nil
 		m.creating = m.creating[1:]
+		if m.headTimer != nil {
+			m.headTimer.Stop()
+			m.headTimer = nil
+		}
 		if len(m.creating) == 0 {
 			m.creating = nil // let a burst's backing array go
 		}
@@ -525,6 +565,10 @@ func (m *watchMux) fail(err error) {
 	m.closed = true
 	if s.muxes[m.key] == m {
 		delete(s.muxes, m.key)
+	}
+	if m.headTimer != nil {
+		m.headTimer.Stop()
+		m.headTimer = nil
 	}
 	creating := m.creating
 	for _, d := range m.deferred {

@@ -2,6 +2,7 @@ package etcdkv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -247,25 +248,81 @@ func (s *alteredStream) RecvMsg(m any) error {
 	}
 }
 
+// loseFirstCreated is a Config for tests against c whose client loses the
+// answer to the first watch create (as a lossy proxy would); lost reports
+// whether it did.
+func loseFirstCreated(c *etcdtest.Cluster) (cfg Config, lost *atomic.Bool) {
+	cfg = testConfig(c, 1)
+	cfg.RequestTimeout = 300 * time.Millisecond
+	lost = new(atomic.Bool)
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
+			return !lost.CompareAndSwap(false, true)
+		}))
+	}
+	return cfg, lost
+}
+
 // A stream whose one create out is never answered (a proxy lost the
-// answer) is ended when the create's timeout passes: the watches deferred
-// behind it are made on a new stream. Before, they waited behind it, and
-// every retry of their entries came back to the same stream.
-func TestUnansweredCreateEndsStream(t *testing.T) {
+// answer) drains when the create's timeout passes: the creates deferred
+// behind it go on a new stream, and succeed. Before, they waited behind it,
+// and every retry of their entries came back to the same stream.
+func TestUnansweredCreateDrainsStream(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cfg, lost := loseFirstCreated(c)
+	f := newFixture(t, cfg, watchcache.Options{})
+	ctx := testCtx(t)
+	m, err := f.src.muxFor(ctx, f.src.own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := func(creating, deferred int) func() bool {
+		return func() bool {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return len(m.creating) == creating && len(m.deferred) == deferred
+		}
+	}
+	errs := make([]chan error, 4)
+	for i := range errs {
+		errs[i] = make(chan error, 1)
+		sp, _ := parseKeyKey(fmt.Sprintf("/u/%d", i))
+		go func() {
+			_, err := f.src.watch(ctx, f.src.own, sp, 0, nopSink{}, func(*muxWatch) {})
+			errs[i] <- err
+		}()
+		eventually(t, fmt.Sprintf("create %d queued", i), queued(1, i)) // the first out, the others behind it
+	}
+	if err := <-errs[0]; !errors.Is(err, errCreateTimeout) {
+		t.Errorf("the create whose answer was lost: %v, want errCreateTimeout", err)
+	}
+	for i := 1; i < len(errs); i++ {
+		if err := <-errs[i]; err != nil {
+			t.Errorf("create %d, deferred behind the lost one: %v", i, err)
+		}
+	}
+	if !lost.Load() {
+		t.Fatal("no create answer was lost")
+	}
+	m.mu.Lock()
+	draining, closed := m.draining, m.closed
+	m.mu.Unlock()
+	if !draining || !closed {
+		t.Errorf("the stream of the lost answer: draining %v, closed %v; want both (it has no watch left)", draining, closed)
+	}
+}
+
+// The same through the cache: entries whose creates wait behind a lost
+// answer start their watches and follow their keys.
+func TestUnansweredCreateEntriesRecover(t *testing.T) {
 	t.Parallel()
 	c := etcdtest.Start(t)
 	cli := c.Client(t)
 	put(t, cli, "/u/a", "a0")
 	put(t, cli, "/u/b", "b0")
-	cfg := testConfig(c, 1)
-	cfg.RequestTimeout = 300 * time.Millisecond
-	var lost atomic.Bool
-	cfg.ConfigureClient = func(cc *clientv3.Config) {
-		fastReconnect(cc)
-		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
-			return !lost.CompareAndSwap(false, true) // the first answer is lost
-		}))
-	}
+	cfg, lost := loseFirstCreated(c)
 	f := newFixture(t, cfg, watchcache.Options{})
 	chs := map[string]<-chan watchcache.UpdateEvent[Key]{
 		"/u/a": watch(t, f.kinds.Key, KeyRequest("/u/a", self)),
@@ -283,6 +340,90 @@ func TestUnansweredCreateEndsStream(t *testing.T) {
 		t.Fatal("no create answer was lost")
 	}
 }
+
+// A create that the caller gave up on before its answer (lost) came still
+// drains its stream when its timeout passes: the create behind it does not
+// wait for its own context to end.
+func TestAbandonedCreateDrainsStream(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cfg, _ := loseFirstCreated(c)
+	f := newFixture(t, cfg, watchcache.Options{})
+	spA, _ := parseKeyKey("/ra")
+	spB, _ := parseKeyKey("/rb")
+	actx, cancel := context.WithCancel(testCtx(t))
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := f.src.watch(actx, f.src.own, spA, 0, nopSink{}, func(*muxWatch) { cancel() })
+		gaveUp <- err
+	}()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("create whose caller gave up: %v", err)
+	}
+	// Its create is out, unanswered, and the next one waits behind it.
+	if _, err := f.src.watch(testCtx(t), f.src.own, spB, 0, nopSink{}, func(*muxWatch) {}); err != nil {
+		t.Fatalf("create behind an abandoned one: %v", err)
+	}
+}
+
+// Behind the proxy (a stream never verified), a create answered late
+// drains its stream but ends none of the stream's live watches: they go on
+// taking their events.
+func TestSlowCreateKeepsLiveWatches(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	cfg := testConfig(c, 1)
+	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
+	cfg.RequestTimeout = 300 * time.Millisecond
+	var slow atomic.Bool
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
+			if slow.Load() {
+				time.Sleep(500 * time.Millisecond) // an answer past the timeout: what the test is about
+			}
+			return true
+		}))
+	}
+	f := newFixture(t, cfg, watchcache.Options{})
+	ctx := testCtx(t)
+	sinks := make([]*eventSink, 3)
+	for i := range sinks {
+		sinks[i] = &eventSink{ch: make(chan muxEvent, 16)}
+		sp, _ := parseKeyKey(fmt.Sprintf("/live/%d", i))
+		if _, err := f.src.watch(ctx, f.src.own, sp, 0, sinks[i], func(*muxWatch) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := onlyStream(t, f.src)
+	slow.Store(true)
+	sp, _ := parseKeyKey("/slow")
+	if _, err := f.src.watch(ctx, f.src.own, sp, 0, nopSink{}, func(*muxWatch) {}); !errors.Is(err, errCreateTimeout) {
+		t.Fatalf("slow create: %v, want errCreateTimeout", err)
+	}
+	eventually(t, "the stream drains", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.draining
+	})
+	for i, s := range sinks {
+		put(t, cli, fmt.Sprintf("/live/%d", i), "v")
+		select {
+		case ev := <-s.ch:
+			if ev.end || len(ev.events) != 1 {
+				t.Fatalf("live watch %d after the stream drained: %+v", i, ev)
+			}
+		case <-ctx.Done():
+			t.Fatalf("live watch %d took no event after the stream drained", i)
+		}
+	}
+}
+
+// eventSink passes a watch's responses on.
+type eventSink struct{ ch chan muxEvent }
+
+func (s *eventSink) watchEvent(_ *muxWatch, ev muxEvent) { s.ch <- ev }
 
 // Behind the proxy a stream has one create out at a time; a create's
 // timeout starts when it is sent, not while it waits its turn. Here each

@@ -84,7 +84,6 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 		st.epoch = prev.epoch
 		prev.mu.Unlock()
 		st.view = prev.view
-		s.views.Store(viewKey{p, sp}, st.view) // it stays the entry's view
 	} else {
 		v, _ := s.views.LoadOrStore(viewKey{p, sp}, newStateView())
 		st.view = v.(*stateView)
@@ -100,11 +99,19 @@ func openState[V any](ctx context.Context, s *Source, sp spec, p watchcache.Part
 		st.Close()
 		return nil, watchcache.FetchResult[V]{}, err
 	}
+	if prev != nil {
+		// The view is the entry's again if a failed re-read forgot it
+		// (takeViewBack), now that it shows what this read saw.
+		s.views.LoadOrStore(viewKey{p, sp}, st.view)
+	}
 	return st, res, nil
 }
 
 // takeViewBack makes st, which stays the entry's state, the owner of its
 // view again after the state that was to replace it (failed) took it over.
+// If the failed read saw a lower revision than st's, the store was
+// restored and st's value belongs to its old history: the view is
+// forgotten, and consistent reads go to etcd until a read succeeds.
 func (st *watchState[V]) takeViewBack(failed *watchState[V]) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -116,6 +123,10 @@ func (st *watchState[V]) takeViewBack(failed *watchState[V]) {
 	}
 	v.owner = st
 	v.mu.Unlock()
+	if v.rev.Load() < st.rev {
+		st.s.views.CompareAndDelete(viewKey{st.p, st.sp}, v)
+		return
+	}
 	// What the failed state's read saw was never published.
 	v.set(st.rev, st.index)
 }

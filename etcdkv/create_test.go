@@ -1,0 +1,268 @@
+package etcdkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/watchcache/watchcache"
+	"github.com/watchcache/watchcache/internal/etcdtest"
+)
+
+// Watch creates that etcd (or a proxy in front of it) answers late or
+// never: muxcreate.go.
+
+// createdAnswers is a stream interceptor for the source's client that
+// hands each watch create answer to alter, which may delay it or drop it
+// (return false), as a slow or lossy proxy would.
+func createdAnswers(alter func(*pb.WatchResponse) bool) grpc.DialOption {
+	return grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil || method != "/etcdserverpb.Watch/Watch" {
+			return cs, err
+		}
+		return &alteredStream{ClientStream: cs, alter: alter}, nil
+	})
+}
+
+type alteredStream struct {
+	grpc.ClientStream
+	alter func(*pb.WatchResponse) bool
+}
+
+func (s *alteredStream) RecvMsg(m any) error {
+	for {
+		if err := s.ClientStream.RecvMsg(m); err != nil {
+			return err
+		}
+		if r, ok := m.(*pb.WatchResponse); !ok || !r.Created || s.alter(r) {
+			return nil
+		}
+	}
+}
+
+// loseFirstCreated is a Config for tests against c whose client loses the
+// answer to the first watch create (as a lossy proxy would); lost reports
+// whether it did.
+func loseFirstCreated(c *etcdtest.Cluster) (cfg Config, lost *atomic.Bool) {
+	cfg = testConfig(c, 1)
+	cfg.RequestTimeout = 300 * time.Millisecond
+	lost = new(atomic.Bool)
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
+			return !lost.CompareAndSwap(false, true)
+		}))
+	}
+	return cfg, lost
+}
+
+// A stream whose one create out is never answered (a proxy lost the
+// answer) drains when the create's timeout passes: the creates deferred
+// behind it go on a new stream, and succeed. Before, they waited behind it,
+// and every retry of their entries came back to the same stream.
+func TestUnansweredCreateDrainsStream(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cfg, lost := loseFirstCreated(c)
+	f := newFixture(t, cfg, watchcache.Options{})
+	ctx := testCtx(t)
+	m, err := f.src.muxFor(ctx, f.src.own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := func(creating, deferred int) func() bool {
+		return func() bool {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return len(m.creating) == creating && len(m.deferred) == deferred
+		}
+	}
+	errs := make([]chan error, 4)
+	for i := range errs {
+		errs[i] = make(chan error, 1)
+		sp, _ := parseKeyKey(fmt.Sprintf("/u/%d", i))
+		go func() {
+			_, err := f.src.watch(ctx, f.src.own, sp, 0, nopSink{}, func(*muxWatch) {})
+			errs[i] <- err
+		}()
+		eventually(t, fmt.Sprintf("create %d queued", i), queued(1, i)) // the first out, the others behind it
+	}
+	if err := <-errs[0]; !errors.Is(err, errCreateTimeout) {
+		t.Errorf("the create whose answer was lost: %v, want errCreateTimeout", err)
+	}
+	for i := 1; i < len(errs); i++ {
+		if err := <-errs[i]; err != nil {
+			t.Errorf("create %d, deferred behind the lost one: %v", i, err)
+		}
+	}
+	if !lost.Load() {
+		t.Fatal("no create answer was lost")
+	}
+	m.mu.Lock()
+	draining, closed := m.draining, m.closed
+	m.mu.Unlock()
+	if !draining || !closed {
+		t.Errorf("the stream of the lost answer: draining %v, closed %v; want both (it has no watch left)", draining, closed)
+	}
+}
+
+// The same through the cache: entries whose creates wait behind a lost
+// answer start their watches and follow their keys.
+func TestUnansweredCreateEntriesRecover(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	put(t, cli, "/u/a", "a0")
+	put(t, cli, "/u/b", "b0")
+	cfg, lost := loseFirstCreated(c)
+	f := newFixture(t, cfg, watchcache.Options{})
+	chs := map[string]<-chan watchcache.UpdateEvent[Key]{
+		"/u/a": watch(t, f.kinds.Key, KeyRequest("/u/a", self)),
+		"/u/b": watch(t, f.kinds.Key, KeyRequest("/u/b", self)),
+	}
+	put(t, cli, "/u/a", "a1")
+	put(t, cli, "/u/b", "b1")
+	for key, ch := range chs {
+		want := strings.TrimPrefix(key, "/u/") + "1"
+		until(t, ch, key+"="+want, func(ev watchcache.UpdateEvent[Key]) bool {
+			return ev.Err == nil && keyValue(ev) == want
+		})
+	}
+	if !lost.Load() {
+		t.Fatal("no create answer was lost")
+	}
+}
+
+// A create that the caller gave up on before its answer (lost) came still
+// drains its stream when its timeout passes: the create behind it does not
+// wait for its own context to end.
+func TestAbandonedCreateDrainsStream(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cfg, _ := loseFirstCreated(c)
+	f := newFixture(t, cfg, watchcache.Options{})
+	spA, _ := parseKeyKey("/ra")
+	spB, _ := parseKeyKey("/rb")
+	actx, cancel := context.WithCancel(testCtx(t))
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := f.src.watch(actx, f.src.own, spA, 0, nopSink{}, func(*muxWatch) { cancel() })
+		gaveUp <- err
+	}()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("create whose caller gave up: %v", err)
+	}
+	// Its create is out, unanswered, and the next one waits behind it.
+	if _, err := f.src.watch(testCtx(t), f.src.own, spB, 0, nopSink{}, func(*muxWatch) {}); err != nil {
+		t.Fatalf("create behind an abandoned one: %v", err)
+	}
+}
+
+// Behind the proxy (a stream never verified), a create answered late
+// drains its stream but ends none of the stream's live watches: they go on
+// taking their events.
+func TestSlowCreateKeepsLiveWatches(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	cfg := testConfig(c, 1)
+	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
+	cfg.RequestTimeout = 300 * time.Millisecond
+	var slow atomic.Bool
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
+			if slow.Load() {
+				time.Sleep(500 * time.Millisecond) // an answer past the timeout: what the test is about
+			}
+			return true
+		}))
+	}
+	f := newFixture(t, cfg, watchcache.Options{})
+	ctx := testCtx(t)
+	sinks := make([]*eventSink, 3)
+	for i := range sinks {
+		sinks[i] = &eventSink{ch: make(chan muxEvent, 16)}
+		sp, _ := parseKeyKey(fmt.Sprintf("/live/%d", i))
+		if _, err := f.src.watch(ctx, f.src.own, sp, 0, sinks[i], func(*muxWatch) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := onlyStream(t, f.src)
+	slow.Store(true)
+	sp, _ := parseKeyKey("/slow")
+	if _, err := f.src.watch(ctx, f.src.own, sp, 0, nopSink{}, func(*muxWatch) {}); !errors.Is(err, errCreateTimeout) {
+		t.Fatalf("slow create: %v, want errCreateTimeout", err)
+	}
+	eventually(t, "the stream drains", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.draining
+	})
+	for i, s := range sinks {
+		put(t, cli, fmt.Sprintf("/live/%d", i), "v")
+		select {
+		case ev := <-s.ch:
+			if ev.end || len(ev.events) != 1 {
+				t.Fatalf("live watch %d after the stream drained: %+v", i, ev)
+			}
+		case <-ctx.Done():
+			t.Fatalf("live watch %d took no event after the stream drained", i)
+		}
+	}
+}
+
+// eventSink passes a watch's responses on.
+type eventSink struct{ ch chan muxEvent }
+
+func (s *eventSink) watchEvent(_ *muxWatch, ev muxEvent) { s.ch <- ev }
+
+// Behind the proxy a stream has one create out at a time; a create's
+// timeout starts when it is sent, not while it waits its turn. Here each
+// answer takes 60 ms and 12 watches are made at once: the last is sent
+// 660 ms after the first, past the 300 ms timeout, and still none fails.
+func TestDeferredCreatesTimeOutFromTheirSend(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	const n = 12
+	key := func(i int) string { return fmt.Sprintf("/d%02d/k", i) }
+	for i := range n {
+		put(t, cli, key(i), "v0")
+	}
+	cfg := testConfig(c, 1)
+	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
+	cfg.RequestTimeout = 300 * time.Millisecond
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
+			time.Sleep(60 * time.Millisecond) // a slow proxy: what the test is about
+			return true
+		}))
+	}
+	f := newFixture(t, cfg, watchcache.Options{})
+	chs := make([]<-chan watchcache.UpdateEvent[Key], n)
+	for i := range n {
+		chs[i] = watch(t, f.kinds.Key, KeyRequest(key(i), self))
+	}
+	for i := range n {
+		put(t, cli, key(i), "v1")
+	}
+	for i, ch := range chs {
+		until(t, ch, key(i)+"=v1", func(ev watchcache.UpdateEvent[Key]) bool {
+			if ev.Err != nil {
+				t.Fatalf("the entry of %s failed: %v", key(i), ev.Err)
+			}
+			return string(ev.Result.Entry.Value) == "v1"
+		})
+	}
+}

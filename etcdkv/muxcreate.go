@@ -185,6 +185,7 @@ func (m *watchMux) headTimedOut(w *muxWatch) {
 		return // answered, or the stream ended, meanwhile
 	}
 	m.draining = true
+	s.drained.Add(1)
 	if s.muxes[m.key] == m {
 		delete(s.muxes, m.key)
 	}

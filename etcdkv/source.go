@@ -226,8 +226,9 @@ type Source struct {
 	views  sync.Map // viewKey -> *stateView of each entry (consistent.go)
 
 	// consistentCached and consistentDirect count consistent reads served
-	// from the cache and from etcd, for tests and benchmarks.
-	consistentCached, consistentDirect atomic.Int64
+	// from the cache and from etcd; drained the watch streams that drained
+	// (headTimedOut). See Collector.
+	consistentCached, consistentDirect, drained atomic.Int64
 
 	// testHookBeforeWatch, if set (by tests only), runs before an entry's
 	// watch is created from revision rev, after the read it follows.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -151,6 +152,20 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("watch: status %d after cancel, stderr:\n%s", code, stderr.String())
 		}
 		expect(t, exitOK, "", "", "kv", "get", "-recurse", "app/")
+	})
+	t.Run("metrics", func(t *testing.T) {
+		// The agent exports the etcd source's metrics with the cache's.
+		resp, err := http.Get("http://" + httpAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, m := range []string{"watchcache_entries{", "watchcache_etcd_watch_streams ", "watchcache_etcd_access_checks_total ", `watchcache_etcd_consistent_reads_total{served="cache"} `} {
+			if !strings.Contains(string(body), m) {
+				t.Errorf("/metrics lacks %s", m)
+			}
+		}
 	})
 
 	// Ctrl-C: the agent stops with status 0, and both its ports are free

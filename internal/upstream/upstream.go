@@ -65,6 +65,9 @@ func OpenEtcd(cfg etcdkv.Config, tokens map[string]etcdkv.TokenUser, cc CacheCon
 		return nil, err
 	}
 	kinds, err := src.Register(cache)
+	if err == nil {
+		err = reg.Register(src.Collector())
+	}
 	if err != nil {
 		cache.Close()
 		src.Close()

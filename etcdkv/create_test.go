@@ -232,37 +232,14 @@ func (s *eventSink) watchEvent(_ *muxWatch, ev muxEvent) { s.ch <- ev }
 // 660 ms after the first, past the 300 ms timeout, and still none fails.
 func TestDeferredCreatesTimeOutFromTheirSend(t *testing.T) {
 	t.Parallel()
-	c := etcdtest.Start(t)
-	cli := c.Client(t)
-	const n = 12
-	key := func(i int) string { return fmt.Sprintf("/d%02d/k", i) }
-	for i := range n {
-		put(t, cli, key(i), "v0")
-	}
-	cfg := testConfig(c, 1)
-	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
-	cfg.RequestTimeout = 300 * time.Millisecond
-	cfg.ConfigureClient = func(cc *clientv3.Config) {
-		fastReconnect(cc)
-		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
-			time.Sleep(60 * time.Millisecond) // a slow proxy: what the test is about
-			return true
-		}))
-	}
-	f := newFixture(t, cfg, watchcache.Options{})
-	chs := make([]<-chan watchcache.UpdateEvent[Key], n)
-	for i := range n {
-		chs[i] = watch(t, f.kinds.Key, KeyRequest(key(i), self))
-	}
-	for i := range n {
-		put(t, cli, key(i), "v1")
-	}
-	for i, ch := range chs {
-		until(t, ch, key(i)+"=v1", func(ev watchcache.UpdateEvent[Key]) bool {
-			if ev.Err != nil {
-				t.Fatalf("the entry of %s failed: %v", key(i), ev.Err)
-			}
-			return string(ev.Result.Entry.Value) == "v1"
-		})
-	}
+	followKeysBehindProxy(t, 12, func(cfg *Config) {
+		cfg.RequestTimeout = 300 * time.Millisecond
+		cfg.ConfigureClient = func(cc *clientv3.Config) {
+			fastReconnect(cc)
+			cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
+				time.Sleep(60 * time.Millisecond) // a slow proxy: what the test is about
+				return true
+			}))
+		}
+	})
 }

@@ -185,15 +185,26 @@ func TestEventOutsideRangeIsRefused(t *testing.T) {
 // Many watches made at once through the proxy each follow their own key.
 func TestManyWatchesThroughGRPCProxy(t *testing.T) {
 	t.Parallel()
+	followKeysBehindProxy(t, 16, nil)
+}
+
+// followKeysBehindProxy makes n watches at once, each of its own key,
+// through etcd's gRPC proxy (with the source's Config adjusted by
+// configure, if set), and checks that each entry delivers its key's value,
+// and then its change, with no error and no other key's event.
+func followKeysBehindProxy(t *testing.T, n int, configure func(*Config)) {
+	t.Helper()
 	c := etcdtest.Start(t)
 	cli := c.Client(t)
-	const n = 16
 	key := func(i int) string { return fmt.Sprintf("/m%02d/k", i) }
 	for i := range n {
 		put(t, cli, key(i), "v0")
 	}
 	cfg := testConfig(c, 1)
 	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
+	if configure != nil {
+		configure(&cfg)
+	}
 	f := newFixture(t, cfg, watchcache.Options{})
 	chs := make([]<-chan watchcache.UpdateEvent[Key], n)
 	for i := range n {
@@ -209,10 +220,13 @@ func TestManyWatchesThroughGRPCProxy(t *testing.T) {
 	}
 	for i, ch := range chs {
 		until(t, ch, key(i)+"=v1", func(ev watchcache.UpdateEvent[Key]) bool {
-			if ev.Err == nil && ev.Result.Entry.Key != key(i) {
+			switch {
+			case ev.Err != nil:
+				t.Fatalf("the entry of %s failed: %v", key(i), ev.Err)
+			case ev.Result.Entry.Key != key(i):
 				t.Fatalf("the entry of %s got %s", key(i), ev.Result.Entry.Key)
 			}
-			return ev.Err == nil && string(ev.Result.Entry.Value) == "v1"
+			return string(ev.Result.Entry.Value) == "v1"
 		})
 	}
 }

@@ -54,7 +54,7 @@ func (s *alteredStream) RecvMsg(m any) error {
 // whether it did.
 func loseFirstCreated(c *etcdtest.Cluster) (cfg Config, lost *atomic.Bool) {
 	cfg = testConfig(c, 1)
-	cfg.RequestTimeout = 300 * time.Millisecond
+	cfg.RequestTimeout = time.Second
 	lost = new(atomic.Bool)
 	cfg.ConfigureClient = func(cc *clientv3.Config) {
 		fastReconnect(cc)
@@ -176,13 +176,13 @@ func TestSlowCreateKeepsLiveWatches(t *testing.T) {
 	cli := c.Client(t)
 	cfg := testConfig(c, 1)
 	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
-	cfg.RequestTimeout = 300 * time.Millisecond
+	cfg.RequestTimeout = time.Second
 	var slow atomic.Bool
 	cfg.ConfigureClient = func(cc *clientv3.Config) {
 		fastReconnect(cc)
 		cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
 			if slow.Load() {
-				time.Sleep(500 * time.Millisecond) // an answer past the timeout: what the test is about
+				time.Sleep(1500 * time.Millisecond) // an answer past the timeout: what the test is about
 			}
 			return true
 		}))
@@ -228,16 +228,16 @@ func (s *eventSink) watchEvent(_ *muxWatch, ev muxEvent) { s.ch <- ev }
 
 // Behind the proxy a stream has one create out at a time; a create's
 // timeout starts when it is sent, not while it waits its turn. Here each
-// answer takes 60 ms and 12 watches are made at once: the last is sent
-// 660 ms after the first, past the 300 ms timeout, and still none fails.
+// answer takes 150 ms and 12 watches are made at once: the last is sent
+// 1.65 s after the first, past the 1 s timeout, and still none fails.
 func TestDeferredCreatesTimeOutFromTheirSend(t *testing.T) {
 	t.Parallel()
 	followKeysBehindProxy(t, 12, func(cfg *Config) {
-		cfg.RequestTimeout = 300 * time.Millisecond
+		cfg.RequestTimeout = time.Second
 		cfg.ConfigureClient = func(cc *clientv3.Config) {
 			fastReconnect(cc)
 			cc.DialOptions = append(cc.DialOptions, createdAnswers(func(*pb.WatchResponse) bool {
-				time.Sleep(60 * time.Millisecond) // a slow proxy: what the test is about
+				time.Sleep(150 * time.Millisecond) // a slow proxy: what the test is about
 				return true
 			}))
 		}

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/watchcache/watchcache"
 	"github.com/watchcache/watchcache/internal/etcdtest"
 )
@@ -24,29 +25,44 @@ import (
 // hands each watch create answer to alter, which may delay it or drop it
 // (return false), as a slow or lossy proxy would.
 func createdAnswers(alter func(*pb.WatchResponse) bool) grpc.DialOption {
+	return spyWatchStreams(func(r *pb.WatchResponse) bool { return !r.Created || alter(r) }, nil)
+}
+
+// spyWatchStreams is a stream interceptor for the source's client: recv
+// sees each watch response and may delay it or drop it (return false);
+// send, if set, sees each request.
+func spyWatchStreams(recv func(*pb.WatchResponse) bool, send func(*pb.WatchRequest)) grpc.DialOption {
 	return grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		cs, err := streamer(ctx, desc, cc, method, opts...)
 		if err != nil || method != "/etcdserverpb.Watch/Watch" {
 			return cs, err
 		}
-		return &alteredStream{ClientStream: cs, alter: alter}, nil
+		return &spiedStream{ClientStream: cs, recv: recv, send: send}, nil
 	})
 }
 
-type alteredStream struct {
+type spiedStream struct {
 	grpc.ClientStream
-	alter func(*pb.WatchResponse) bool
+	recv func(*pb.WatchResponse) bool
+	send func(*pb.WatchRequest)
 }
 
-func (s *alteredStream) RecvMsg(m any) error {
+func (s *spiedStream) RecvMsg(m any) error {
 	for {
 		if err := s.ClientStream.RecvMsg(m); err != nil {
 			return err
 		}
-		if r, ok := m.(*pb.WatchResponse); !ok || !r.Created || s.alter(r) {
+		if r, ok := m.(*pb.WatchResponse); !ok || s.recv(r) {
 			return nil
 		}
 	}
+}
+
+func (s *spiedStream) SendMsg(m any) error {
+	if r, ok := m.(*pb.WatchRequest); ok && s.send != nil {
+		s.send(r)
+	}
+	return s.ClientStream.SendMsg(m)
 }
 
 // loseFirstCreated is a Config for tests against c whose client loses the
@@ -208,6 +224,19 @@ func TestSlowCreateKeepsLiveWatches(t *testing.T) {
 		defer m.mu.Unlock()
 		return m.draining
 	})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(f.src.Collector())
+	got := metricValues(t, reg)
+	for name, want := range map[string]float64{
+		"watchcache_etcd_watch_streams":               0,
+		"watchcache_etcd_watch_streams_draining":      1,
+		"watchcache_etcd_watch_streams_drained_total": 1,
+		"watchcache_etcd_watches":                     float64(len(sinks)),
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
 	for i, s := range sinks {
 		put(t, cli, fmt.Sprintf("/live/%d", i), "v")
 		select {
@@ -225,6 +254,112 @@ func TestSlowCreateKeepsLiveWatches(t *testing.T) {
 type eventSink struct{ ch chan muxEvent }
 
 func (s *eventSink) watchEvent(_ *muxWatch, ev muxEvent) { s.ch <- ev }
+
+// A create cancelled while it waited behind one that is never answered
+// (its entry's state closed) is answered so when the stream drains: it is
+// not made again on another stream for a state that is gone.
+func TestCancelledDeferredCreateNotMoved(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cfg, _ := loseFirstCreated(c)
+	f := newFixture(t, cfg, watchcache.Options{})
+	ctx := testCtx(t)
+	m, err := f.src.muxFor(ctx, f.src.own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := func(creating, deferred int) func() bool {
+		return func() bool {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return len(m.creating) == creating && len(m.deferred) == deferred
+		}
+	}
+	spA, _ := parseKeyKey("/ca")
+	headDone := make(chan error, 1)
+	go func() {
+		_, err := f.src.watch(ctx, f.src.own, spA, 0, nopSink{}, func(*muxWatch) {})
+		headDone <- err
+	}()
+	eventually(t, "the head create out", queued(1, 0))
+	spB, _ := parseKeyKey("/cb")
+	var registered []*muxWatch // written by the watch's goroutine, read after done
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.src.watch(ctx, f.src.own, spB, 0, nopSink{}, func(w *muxWatch) { registered = append(registered, w) })
+		done <- err
+	}()
+	eventually(t, "the second create deferred", queued(1, 1))
+	m.mu.Lock()
+	w := m.deferred[0].w
+	m.mu.Unlock()
+	w.cancelWatch() // as its state's Close
+	if err := <-done; !errors.Is(err, errWatchCancelled) {
+		t.Errorf("the cancelled create: %v, want errWatchCancelled", err)
+	}
+	if len(registered) != 1 {
+		t.Errorf("the cancelled create was registered %d times, want once", len(registered))
+	}
+	if err := <-headDone; !errors.Is(err, errCreateTimeout) {
+		t.Errorf("the unanswered create: %v, want errCreateTimeout", err)
+	}
+}
+
+// Behind the proxy, a create answered after its stream drained (its
+// timeout passed) makes a watch nobody takes: the source cancels it when
+// the answer comes, rather than leave its events coming for as long as
+// the stream's live watches keep it open.
+func TestLateCreatedWatchCancelled(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cfg := testConfig(c, 1)
+	cfg.Endpoints = []string{startGRPCProxy(t, c.Endpoint(0))}
+	cfg.RequestTimeout = time.Second
+	var slow atomic.Bool
+	late := make(chan int64, 1)
+	cancelled := make(chan int64, 16)
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, spyWatchStreams(func(r *pb.WatchResponse) bool {
+			if r.Created && slow.CompareAndSwap(true, false) {
+				time.Sleep(1500 * time.Millisecond) // an answer past the timeout: what the test is about
+				late <- r.WatchId
+			}
+			return true
+		}, func(r *pb.WatchRequest) {
+			if cr := r.GetCancelRequest(); cr != nil {
+				select {
+				case cancelled <- cr.WatchId:
+				default: // not the one the test waits for: it comes first
+				}
+			}
+		}))
+	}
+	f := newFixture(t, cfg, watchcache.Options{})
+	ctx := testCtx(t)
+	sp0, _ := parseKeyKey("/live/0")
+	live, err := f.src.watch(ctx, f.src.own, sp0, 0, nopSink{}, func(*muxWatch) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.cancelWatch()
+	slow.Store(true)
+	sp, _ := parseKeyKey("/slow")
+	if _, err := f.src.watch(ctx, f.src.own, sp, 0, nopSink{}, func(*muxWatch) {}); !errors.Is(err, errCreateTimeout) {
+		t.Fatalf("slow create: %v, want errCreateTimeout", err)
+	}
+	id := <-late
+	for {
+		select {
+		case got := <-cancelled:
+			if got == id {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("the late-created watch %d was never cancelled", id)
+		}
+	}
+}
 
 // Behind the proxy a stream has one create out at a time; a create's
 // timeout starts when it is sent, not while it waits its turn. Here each

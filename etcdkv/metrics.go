@@ -6,10 +6,11 @@ import "github.com/prometheus/client_golang/prometheus"
 // collected (nothing is counted twice on hot paths): register it on the
 // registry that exports the cache's.
 //
-//   - watchcache_etcd_watch_streams, watchcache_etcd_watches: the watch
-//     streams that take new watches, and the etcd watches on them;
-//   - watchcache_etcd_watch_streams_drained_total: streams that stopped
-//     taking watches because etcd (or a proxy) did not answer a create;
+//   - watchcache_etcd_watch_streams: the watch streams that take new
+//     watches; watchcache_etcd_watch_streams_draining: those open that
+//     stopped taking them because etcd (or a proxy) did not answer a
+//     create, and watchcache_etcd_watch_streams_drained_total how many
+//     did; watchcache_etcd_watches: the etcd watches on all of them;
 //   - watchcache_etcd_identities: users logged in with Login and held;
 //   - watchcache_etcd_access_checks_total: access checks sent to etcd
 //     (one linearizable read each, shared by the entries and consistent
@@ -25,8 +26,10 @@ type sourceCollector struct{ s *Source }
 var (
 	descStreams = prometheus.NewDesc("watchcache_etcd_watch_streams",
 		"etcd watch streams that take new watches.", nil, nil)
+	descDraining = prometheus.NewDesc("watchcache_etcd_watch_streams_draining",
+		"etcd watch streams open that take no new watches (a create was not answered in time).", nil, nil)
 	descWatches = prometheus.NewDesc("watchcache_etcd_watches",
-		"etcd watches on the streams that take new watches.", nil, nil)
+		"etcd watches of the source.", nil, nil)
 	descDrained = prometheus.NewDesc("watchcache_etcd_watch_streams_drained_total",
 		"Watch streams that stopped taking watches because a create was not answered in time.", nil, nil)
 	descIdentities = prometheus.NewDesc("watchcache_etcd_identities",
@@ -40,7 +43,7 @@ var (
 )
 
 func (c sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descStreams, descWatches, descDrained, descIdentities, descChecks, descAuthChanges, descConsistent} {
+	for _, d := range []*prometheus.Desc{descStreams, descDraining, descWatches, descDrained, descIdentities, descChecks, descAuthChanges, descConsistent} {
 		ch <- d
 	}
 }
@@ -48,13 +51,21 @@ func (c sourceCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c sourceCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
 	s.muxMu.Lock()
-	streams, watches := len(s.muxes), 0
+	streams, draining := len(s.muxes), len(s.draining)
+	muxes := make([]*watchMux, 0, streams+draining)
 	for _, m := range s.muxes {
+		muxes = append(muxes, m)
+	}
+	for m := range s.draining {
+		muxes = append(muxes, m)
+	}
+	s.muxMu.Unlock()
+	watches := 0
+	for _, m := range muxes { // not under muxMu: a stream may be busy with a large report
 		m.mu.Lock()
 		watches += len(m.watches)
 		m.mu.Unlock()
 	}
-	s.muxMu.Unlock()
 	s.mu.Lock()
 	identities := len(s.pool)
 	s.mu.Unlock()
@@ -65,6 +76,7 @@ func (c sourceCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge(descStreams, streams)
+	gauge(descDraining, draining)
 	gauge(descWatches, watches)
 	counter(descDrained, s.drained.Load())
 	gauge(descIdentities, identities)

@@ -174,7 +174,7 @@ func (m *watchMux) nextCreatesLocked() (cancelled []*muxWatch, start bool) {
 // may have left). The creates deferred behind it would wait for good: the
 // stream drains. It takes no more watches (it leaves Source.muxes, and
 // the deferred creates go on another stream), keeps its live watches, and
-// closes with the last of them. A late answer to w is dropped.
+// closes with the last of them. A late answer to w is cancelled (dispatch).
 func (m *watchMux) headTimedOut(w *muxWatch) {
 	s := m.s
 	s.muxMu.Lock()
@@ -189,17 +189,30 @@ func (m *watchMux) headTimedOut(w *muxWatch) {
 	if s.muxes[m.key] == m {
 		delete(s.muxes, m.key)
 	}
+	s.draining[m] = struct{}{}
 	w.cancelled = true
 	m.creating, m.headTimer = nil, nil
-	deferred := m.deferred
+	// The deferred creates go on another stream, except those whose watch
+	// was cancelled meanwhile (their state closed): they are answered so.
+	var moved, cancelled []*muxWatch
+	for _, d := range m.deferred {
+		if d.w.cancelled {
+			cancelled = append(cancelled, d.w)
+		} else {
+			moved = append(moved, d.w)
+		}
+	}
 	m.deferred = nil
 	m.mu.Unlock()
 	s.muxMu.Unlock()
 	s.log.Warn("etcdkv: no answer to a watch create within the request timeout; its stream takes no more watches",
-		"timeout", s.cfg.RequestTimeout, "deferred", len(deferred))
+		"timeout", s.cfg.RequestTimeout, "deferred", len(moved))
 	w.created <- errCreateTimeout
-	for _, d := range deferred {
-		d.w.created <- fmt.Errorf("etcdkv: watch stream draining: %w", errMuxClosed)
+	for _, d := range moved {
+		d.created <- fmt.Errorf("etcdkv: watch stream draining: %w", errMuxClosed)
+	}
+	for _, d := range cancelled {
+		d.created <- errWatchCancelled
 	}
 	m.closeIfIdle()
 }

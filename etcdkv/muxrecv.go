@@ -29,8 +29,17 @@ func (m *watchMux) dispatch(resp *pb.WatchResponse) {
 	switch {
 	case resp.Created:
 		if len(m.creating) == 0 {
+			// The answer to a create dropped when the stream drained
+			// (headTimedOut), or one never asked for: no one takes the
+			// watch's events, and it is cancelled.
+			draining := m.draining
 			m.mu.Unlock()
-			m.s.log.Warn("etcdkv: etcd answered a watch create that was not asked for", "watch_id", resp.WatchId)
+			if !draining {
+				m.s.log.Warn("etcdkv: etcd answered a watch create that was not asked for", "watch_id", resp.WatchId)
+			}
+			if !resp.Canceled {
+				m.send(cancelRequest(resp.WatchId))
+			}
 			return
 		}
 		w := m.creating[0]
@@ -130,9 +139,7 @@ func (m *watchMux) closeIfIdle() bool {
 	idle := len(m.watches) == 0 && len(m.creating) == 0 && len(m.deferred) == 0 && !m.closed
 	if idle {
 		m.closed = true
-		if s.muxes[m.key] == m {
-			delete(s.muxes, m.key)
-		}
+		m.forgetLocked()
 	}
 	m.mu.Unlock()
 	s.muxMu.Unlock()
@@ -152,15 +159,23 @@ func (m *watchMux) failWith(w *muxWatch, err error) {
 	w.created <- fmt.Errorf("etcdkv: watch stream: %w", err)
 }
 
+// forgetLocked takes the closed stream out of the source's lists. The
+// caller holds Source.muxMu and m.mu.
+func (m *watchMux) forgetLocked() {
+	s := m.s
+	if s.muxes[m.key] == m {
+		delete(s.muxes, m.key)
+	}
+	delete(s.draining, m)
+}
+
 // fail ends the stream after an error: every watch on it ends with err.
 func (m *watchMux) fail(err error) {
 	s := m.s
 	s.muxMu.Lock()
 	m.mu.Lock()
 	m.closed = true
-	if s.muxes[m.key] == m {
-		delete(s.muxes, m.key)
-	}
+	m.forgetLocked()
 	if m.headTimer != nil {
 		m.headTimer.Stop()
 		m.headTimer = nil

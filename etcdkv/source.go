@@ -249,11 +249,12 @@ type Source struct {
 
 	auth authState // what the source knows of etcd's auth store (access.go)
 
-	muxMu  sync.Mutex // protects muxes; taken before a watchMux's mu
-	muxes  map[muxKey]*watchMux
-	waits  waitList  // fetches waiting for a change (wait.go)
-	work   workQueue // reads and checks of fetches (work.go)
-	outage outage    // the last read etcd did not answer (work.go)
+	muxMu    sync.Mutex // protects muxes and draining; taken before a watchMux's mu
+	muxes    map[muxKey]*watchMux
+	draining map[*watchMux]struct{} // streams open that take no new watches (headTimedOut)
+	waits    waitList               // fetches waiting for a change (wait.go)
+	work     workQueue              // reads and checks of fetches (work.go)
+	outage   outage                 // the last read etcd did not answer (work.go)
 
 	mu      sync.Mutex // protects the fields below; never held during a request to etcd
 	own     *identity  // the source's own identity (Config.Username or anonymous)
@@ -275,12 +276,13 @@ func New(cfg Config) (*Source, error) {
 		return nil, err
 	}
 	s := &Source{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		secret:  make([]byte, 32),
-		pool:    make(map[string]*identity),
-		stopJan: make(chan struct{}),
-		muxes:   make(map[muxKey]*watchMux),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		secret:   make([]byte, 32),
+		pool:     make(map[string]*identity),
+		stopJan:  make(chan struct{}),
+		muxes:    make(map[muxKey]*watchMux),
+		draining: make(map[*watchMux]struct{}),
 	}
 	s.work.init(s)
 	if _, err := rand.Read(s.secret); err != nil {

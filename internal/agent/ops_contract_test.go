@@ -86,7 +86,9 @@ func TestHTTPStoreOutage(t *testing.T) {
 		}
 
 		store.SetDown(false)
-		time.Sleep(2 * time.Minute) // past the longest backoff
+		// Past the longest backoff, and not at the instant the agent closes
+		// the idle connection (idleTimeout, 2 min): the PUT would race it.
+		time.Sleep(2*time.Minute + time.Second)
 		if resp, body := ta.do(t, "PUT", "/v1/kv/k", strings.NewReader("v3")); resp.StatusCode != 200 || body != "true" {
 			t.Fatalf("PUT after recovery = %d %q", resp.StatusCode, body)
 		}

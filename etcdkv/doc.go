@@ -71,6 +71,22 @@
 //   - Idle keys. An entry nobody reads or watches for Config.ReleaseAfter
 //     (watchcache.DefaultReleaseAfter) cancels its etcd watch and keeps
 //     its value, which the next read revalidates.
+//   - Unanswered creates. A watch create that etcd does not answer within
+//     Config.RequestTimeout fails its entry's fetch (the cache retries). If
+//     creates behind it were waiting their turn (see etcd's gRPC proxy
+//     below), its stream drains: it takes no more watches, the creates go
+//     on another stream, and its live watches carry on until they end.
+//   - etcd's gRPC proxy. Behind `etcd grpc-proxy`, which numbers watches
+//     itself and answers creates out of order, a stream creates one watch
+//     at a time, and an entry refuses any event for a key outside its
+//     range. The proxy drops progress requests, so consistent reads of an
+//     entry that has not caught up read etcd directly.
+//
+// # Metrics
+//
+// Source.Collector exports the source's metrics (watch streams and
+// watches, access checks, identities, auth changes, consistent reads by
+// where they were served) to a Prometheus registry.
 //
 // # Identities
 //

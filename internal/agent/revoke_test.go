@@ -144,3 +144,53 @@ func TestRevokedAccessEndsAtOnce(t *testing.T) {
 		t.Fatalf("values written after the revocation reached the user: %v", leaks)
 	}
 }
+
+// After a user's password changes, an event stream opened with the old
+// password ends with an error event and never carries a value written
+// since, even though the user logged in again with the new password
+// (whose requests work, and never see the old session's error).
+func TestPasswordChangeEndsOldStreams(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	cli.Put(testCtx(t), "a/k", "before")
+	c.EnableAuth(t, []etcdtest.User{{Name: "u", Password: "u-pw", Roles: []etcdtest.Role{{Name: "ra", Prefix: "a/", Perm: etcdtest.PermRead}}}})
+	root := c.Client(t, etcdtest.WithCredentials(etcdtest.RootUser, etcdtest.RootPassword))
+	ta := startAgentOn(t, c)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	old := ta.sse(t, ctx, "/v1/watch/kv/a/k", "Authorization", "Basic "+basicAuth("u", "u-pw"))
+	if ev := <-old; ev.event != "kv" || !strings.Contains(ev.data, `"Key":"a/k"`) {
+		t.Fatalf("first event of the old session: %+v", ev)
+	}
+
+	if _, err := root.UserChangePassword(testCtx(t), "u", "u-pw2"); err != nil {
+		t.Fatal(err)
+	}
+	kv := ta.consul(t, func(c *api.Config) { c.HttpAuth = &api.HttpBasicAuth{Username: "u", Password: "u-pw2"} }).KV()
+	p, meta, err := kv.Get("a/k", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || p == nil || string(p.Value) != "before" {
+		t.Fatalf("GET with the new password: %+v, %v", p, err)
+	}
+	if _, err := root.Put(testCtx(t), "a/k", "after"); err != nil {
+		t.Fatal(err)
+	}
+	p, _, err = kv.Get("a/k", (&api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 10 * time.Second}).WithContext(ctx))
+	if err != nil || p == nil || string(p.Value) != "after" {
+		t.Fatalf("blocking GET with the new password: %+v, %v", p, err)
+	}
+	ended := false
+	for ev := range old {
+		switch {
+		case ev.event == "error":
+			ended = true
+		case strings.Contains(ev.data, base64Std.EncodeToString([]byte("after"))):
+			t.Fatalf("the stream opened with the old password carried a value written after the change: %+v", ev)
+		}
+	}
+	if !ended {
+		t.Fatal("the old session's stream ended without an error event")
+	}
+	if _, _, err := ta.consul(t, func(c *api.Config) { c.HttpAuth = &api.HttpBasicAuth{Username: "u", Password: "u-pw"} }).KV().Get("a/k", nil); !isStatus(err, 403) {
+		t.Fatalf("GET with the old password: %v, want 403", err)
+	}
+}

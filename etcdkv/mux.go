@@ -156,13 +156,38 @@ var (
 // needed.
 func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 	key := muxKey{id, id.currentToken()}
-	s.muxMu.Lock()
-	if m := s.muxes[key]; m != nil {
+	for {
+		s.muxMu.Lock()
+		if m := s.muxes[key]; m != nil {
+			s.muxMu.Unlock()
+			return m, nil
+		}
+		opening := s.opening[key]
+		if opening == nil {
+			// One caller opens the stream; the others wait for it rather
+			// than open streams of their own that would be closed at once
+			// (many entries start together: at startup, after a drain).
+			opening = make(chan struct{})
+			s.opening[key] = opening
+			s.muxMu.Unlock()
+			m, err := s.openMux(ctx, id, key)
+			s.muxMu.Lock()
+			delete(s.opening, key)
+			s.muxMu.Unlock()
+			close(opening)
+			return m, err
+		}
 		s.muxMu.Unlock()
-		return m, nil
+		select {
+		case <-opening: // opened, or failed for its caller: look again
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	s.muxMu.Unlock()
+}
 
+// openMux opens the stream of key for muxFor, and lists it in s.muxes.
+func (s *Source) openMux(ctx context.Context, id *identity, key muxKey) (*watchMux, error) {
 	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.stopCtx))
 	sctx = id.ctxWithToken(sctx, key.token)
 	// The stream outlives ctx, but opening it (which waits while the
@@ -180,18 +205,16 @@ func (s *Source) muxFor(ctx context.Context, id *identity) (*watchMux, error) {
 	m := &watchMux{s: s, key: key, stream: stream, cancel: cancel, watches: make(map[int64]*muxWatch)}
 
 	s.muxMu.Lock()
-	if other := s.muxes[key]; other != nil { // opened meanwhile
-		s.muxMu.Unlock()
+	defer s.muxMu.Unlock()
+	if other := s.muxes[key]; other != nil { // cannot happen: muxFor opens one at a time
 		cancel()
 		return other, nil
 	}
 	if !s.goBackground(m.recv) {
-		s.muxMu.Unlock()
 		cancel()
 		return nil, ErrClosed
 	}
 	s.muxes[key] = m
-	s.muxMu.Unlock()
 	return m, nil
 }
 

@@ -1,6 +1,7 @@
 package etcdkv
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -228,5 +230,49 @@ func TestUnmatchedCreateAnswerFailsEveryCreate(t *testing.T) {
 	}
 	if !m.closed {
 		t.Error("the stream is still open")
+	}
+}
+
+// Entries of one identity that start together (at startup, after a
+// stream drained) share the one stream the first of them opens: the
+// others wait for it rather than open streams closed at once.
+func TestConcurrentWatchesOpenOneStream(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t)
+	cfg := testConfig(c, 1)
+	var opened atomic.Int32
+	cfg.ConfigureClient = func(cc *clientv3.Config) {
+		fastReconnect(cc)
+		cc.DialOptions = append(cc.DialOptions, grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, conn *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			if method == "/etcdserverpb.Watch/Watch" {
+				opened.Add(1)
+			}
+			return streamer(ctx, desc, conn, method, opts...)
+		}))
+	}
+	f := newFixture(t, cfg, watchcache.Options{})
+	ctx := testCtx(t)
+	const n = 32
+	start := make(chan struct{})
+	got := make(chan *watchMux, n)
+	for range n {
+		go func() {
+			<-start
+			m, err := f.src.muxFor(ctx, f.src.own)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- m
+		}()
+	}
+	close(start)
+	first := <-got
+	for range n - 1 {
+		if m := <-got; m != first {
+			t.Fatalf("concurrent callers got different streams")
+		}
+	}
+	if n := opened.Load(); n != 1 {
+		t.Fatalf("%d watch streams opened for one identity, want 1", n)
 	}
 }

@@ -249,12 +249,13 @@ type Source struct {
 
 	auth authState // what the source knows of etcd's auth store (access.go)
 
-	muxMu    sync.Mutex // protects muxes and draining; taken before a watchMux's mu
+	muxMu    sync.Mutex // protects muxes, opening and draining; taken before a watchMux's mu
 	muxes    map[muxKey]*watchMux
-	draining map[*watchMux]struct{} // streams open that take no new watches (headTimedOut)
-	waits    waitList               // fetches waiting for a change (wait.go)
-	work     workQueue              // reads and checks of fetches (work.go)
-	outage   outage                 // the last read etcd did not answer (work.go)
+	opening  map[muxKey]chan struct{} // streams being opened (muxFor); closed when done
+	draining map[*watchMux]struct{}   // streams open that take no new watches (headTimedOut)
+	waits    waitList                 // fetches waiting for a change (wait.go)
+	work     workQueue                // reads and checks of fetches (work.go)
+	outage   outage                   // the last read etcd did not answer (work.go)
 
 	mu      sync.Mutex // protects the fields below; never held during a request to etcd
 	own     *identity  // the source's own identity (Config.Username or anonymous)
@@ -283,6 +284,7 @@ func New(cfg Config) (*Source, error) {
 		stopJan:  make(chan struct{}),
 		muxes:    make(map[muxKey]*watchMux),
 		draining: make(map[*watchMux]struct{}),
+		opening:  make(map[muxKey]chan struct{}),
 	}
 	s.work.init(s)
 	if _, err := rand.Read(s.secret); err != nil {

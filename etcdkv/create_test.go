@@ -81,27 +81,36 @@ func loseFirstCreated(c *etcdtest.Cluster) (cfg Config, lost *atomic.Bool) {
 	return cfg, lost
 }
 
-// A stream whose one create out is never answered (a proxy lost the
-// answer) drains when the create's timeout passes: the creates deferred
-// behind it go on a new stream, and succeed. Before, they waited behind it,
-// and every retry of their entries came back to the same stream.
-func TestUnansweredCreateDrainsStream(t *testing.T) {
-	t.Parallel()
-	c := etcdtest.Start(t)
-	cfg, lost := loseFirstCreated(c)
-	f := newFixture(t, cfg, watchcache.Options{})
-	ctx := testCtx(t)
-	m, err := f.src.muxFor(ctx, f.src.own)
+// lossyStream starts a source whose client loses the answer to the first
+// watch create (loseFirstCreated), and opens the stream of its own
+// identity; queued reports whether that stream has creating creates out
+// and deferred ones waiting.
+func lossyStream(t *testing.T) (f *fixture, m *watchMux, lost *atomic.Bool, queued func(creating, deferred int) func() bool) {
+	t.Helper()
+	cfg, lost := loseFirstCreated(etcdtest.Start(t))
+	f = newFixture(t, cfg, watchcache.Options{})
+	m, err := f.src.muxFor(testCtx(t), f.src.own)
 	if err != nil {
 		t.Fatal(err)
 	}
-	queued := func(creating, deferred int) func() bool {
+	queued = func(creating, deferred int) func() bool {
 		return func() bool {
 			m.mu.Lock()
 			defer m.mu.Unlock()
 			return len(m.creating) == creating && len(m.deferred) == deferred
 		}
 	}
+	return f, m, lost, queued
+}
+
+// A stream whose one create out is never answered (a proxy lost the
+// answer) drains when the create's timeout passes: the creates deferred
+// behind it go on a new stream, and succeed. Before, they waited behind it,
+// and every retry of their entries came back to the same stream.
+func TestUnansweredCreateDrainsStream(t *testing.T) {
+	t.Parallel()
+	f, m, lost, queued := lossyStream(t)
+	ctx := testCtx(t)
 	errs := make([]chan error, 4)
 	for i := range errs {
 		errs[i] = make(chan error, 1)
@@ -260,21 +269,8 @@ func (s *eventSink) watchEvent(_ *muxWatch, ev muxEvent) { s.ch <- ev }
 // not made again on another stream for a state that is gone.
 func TestCancelledDeferredCreateNotMoved(t *testing.T) {
 	t.Parallel()
-	c := etcdtest.Start(t)
-	cfg, _ := loseFirstCreated(c)
-	f := newFixture(t, cfg, watchcache.Options{})
+	f, m, _, queued := lossyStream(t)
 	ctx := testCtx(t)
-	m, err := f.src.muxFor(ctx, f.src.own)
-	if err != nil {
-		t.Fatal(err)
-	}
-	queued := func(creating, deferred int) func() bool {
-		return func() bool {
-			m.mu.Lock()
-			defer m.mu.Unlock()
-			return len(m.creating) == creating && len(m.deferred) == deferred
-		}
-	}
 	spA, _ := parseKeyKey("/ca")
 	headDone := make(chan error, 1)
 	go func() {
